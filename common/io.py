@@ -1,0 +1,192 @@
+"""Read and write records (preference or prompt) as `datasets.Dataset`, from JSONL, Parquet or a `datasets` folder.
+
+* JSONL: one record per line; images are paths relative to the file (or absolute), written by `write_records` as
+  PNG files in a `<name>.images/` folder beside it.
+* Parquet and `datasets` folders (`save_to_disk`): images are embedded as bytes (`datasets.Image` feature).
+
+Every record is validated on read (`common.schema`): with ``on_error="raise"`` the first bad record raises a
+`RecordError` naming it and the field; with ``on_error="skip"`` bad records are dropped and counted per reason in
+`SkipLog`, which the jobs print in their run report.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+from datasets import Dataset
+from PIL import Image
+
+from common.schema import RecordError, validate_preference_record, validate_prompt_record
+
+VALIDATORS: dict[str, Callable[..., dict]] = {
+    "preference": validate_preference_record,
+    "prompt": validate_prompt_record,
+}
+
+
+@dataclass
+class SkipLog:
+    """Counts of skipped records per reason (`"<field>: <problem>"`), with the first few examples kept."""
+
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    examples: list[str] = field(default_factory=list)
+    max_examples: int = 20
+
+    def add(self, reason: str, example: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(example)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "by_reason": dict(self.counts), "examples": list(self.examples)}
+
+
+def _file_format(path: Path) -> str:
+    if path.suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if path.suffix == ".parquet":
+        return "parquet"
+    return "folder"
+
+
+def _iter_raw(path: Path) -> Iterable[tuple[dict, str | None]]:
+    """(record, base_dir) pairs; images stay undecoded (paths or {"bytes", "path"})."""
+    fmt = _file_format(path)
+    if fmt == "jsonl":
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line), str(path.parent)
+                except json.JSONDecodeError as e:
+                    yield {"__bad_json__": f"line {lineno}: {e}"}, None
+        return
+    ds = Dataset.from_parquet(str(path)) if fmt == "parquet" else datasets.load_from_disk(str(path))
+    if "images" in ds.column_names and isinstance(ds.features["images"], datasets.List):
+        ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    for row in ds:
+        yield row, None
+
+
+def read_records(
+    path: str | os.PathLike,
+    kind: Literal["preference", "prompt"] = "preference",
+    on_error: Literal["raise", "skip"] = "raise",
+    skipped: SkipLog | None = None,
+) -> Dataset:
+    """Read and validate records into a `datasets.Dataset` whose `images` column decodes to PIL images.
+
+    Args:
+        path: a `.jsonl` file, a `.parquet` file or a folder written by `Dataset.save_to_disk`.
+        kind: `"preference"` (prompt/chosen/rejected/images) or `"prompt"` (prompt/images/answer).
+        on_error: `"raise"` stops at the first bad record; `"skip"` drops it and counts it in `skipped`.
+        skipped: where skips are counted (required with `on_error="skip"`).
+
+    Raises:
+        RecordError: a bad record, with `on_error="raise"`.
+        FileNotFoundError: `path` does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such dataset: {path}")
+    if on_error == "skip" and skipped is None:
+        raise ValueError("on_error='skip' needs a SkipLog to count the skipped records")
+    validate = VALIDATORS[kind]
+    records = []
+    for index, (raw, base_dir) in enumerate(_iter_raw(path)):
+        try:
+            if "__bad_json__" in raw:
+                raise RecordError(f"#{index}", "<line>", f"invalid JSON ({raw['__bad_json__']})")
+            records.append(validate(raw, index=index, base_dir=base_dir))
+        except RecordError as e:
+            if on_error == "raise":
+                raise RecordError(e.record_ref, e.field, f"{e.problem} [in {path}]") from e
+            skipped.add(f"{e.field.split('[')[0]}: {e.problem.split(' (')[0]}", str(e))
+    return records_to_dataset(records)
+
+
+def _image_to_storage(image: Any) -> dict:
+    """Any accepted image form as `{"bytes", "path"}` so that Parquet and folders embed it."""
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+    if isinstance(image, str | os.PathLike):
+        return {"bytes": Path(image).read_bytes(), "path": os.path.basename(image)}
+    if isinstance(image, Mapping):
+        if image.get("bytes"):
+            return {"bytes": image["bytes"], "path": image.get("path")}
+        return _image_to_storage(image["path"])
+    raise TypeError(f"cannot store image of type {type(image).__name__}")
+
+
+def records_to_dataset(records: list[Mapping[str, Any]]) -> Dataset:
+    """Validated records as a `Dataset` with an embedded `List(Image())` column (empty lists for text-only)."""
+    rows = [{**r, "images": [_image_to_storage(im) for im in r.get("images") or []]} for r in records]
+    if not rows:
+        return Dataset.from_dict({"id": [], "prompt": [], "images": []})
+    ds = Dataset.from_list(rows)
+    return ds.cast_column("images", datasets.List(datasets.Image()))
+
+
+def write_records(records: Dataset | list[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write records to `.jsonl` (images as PNG files beside it), `.parquet` or a `datasets` folder.
+
+    The write is atomic: the data goes to a temporary name first and is renamed into place, so a killed job leaves
+    either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fmt = _file_format(path)
+    if fmt == "jsonl":
+        image_dir_name = f"{path.stem}.images"
+        tmp_images = tmp.with_name(tmp.name + ".images")
+        rows = records if isinstance(records, list) else list(
+            records.cast_column("images", datasets.List(datasets.Image(decode=False))))  # fmt: skip
+        with open(tmp, "w") as f:
+            for n, rec in enumerate(rows):
+                rec = dict(rec)
+                paths = []
+                for k, image in enumerate(rec.get("images") or []):
+                    stored = _image_to_storage(image)
+                    name = f"{n:07d}_{k}.png"
+                    tmp_images.mkdir(parents=True, exist_ok=True)
+                    (tmp_images / name).write_bytes(stored["bytes"])
+                    paths.append(f"{image_dir_name}/{name}")
+                rec["images"] = paths
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        final_images = path.with_name(image_dir_name)
+        _replace_dir(tmp_images if tmp_images.exists() else None, final_images)
+        os.replace(tmp, path)
+        return path
+    ds = records if isinstance(records, Dataset) else records_to_dataset(list(records))
+    if fmt == "parquet":
+        ds.to_parquet(str(tmp))
+        os.replace(tmp, path)
+    else:
+        ds.save_to_disk(str(tmp))
+        _replace_dir(tmp, path)
+    return path
+
+
+def _replace_dir(src: Path | None, dst: Path) -> None:
+    import shutil
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    if src is not None:
+        os.replace(src, dst)

@@ -1,0 +1,192 @@
+"""The toolkit's one record format, in TRL's conversational vision format, and its validation.
+
+A **preference record** (what the reward trainer and MPO train on, what `data_builders` writes)::
+
+    {"id": "toy-00017",
+     "prompt":   [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]}],
+     "chosen":   [{"role": "assistant", "content": [{"type": "text", "text": "It is red."}]}],
+     "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "It is blue."}]}],
+     "images":   [<PIL image, a path, or {"bytes": ..., "path": ...}>],   # one per {"type": "image"} in prompt
+     # optional: "margin", "source", "chosen_score", "rejected_score", "meta" (a JSON string)
+    }
+
+A **prompt record** (what sampling reads) has `id`, `prompt`, `images` and optionally `answer` (ground truth),
+`choices` (the answer set it is checked against) and `source`.
+
+Validation errors name the record (its id and position) and the field, e.g.
+``record 'toy-00017' (#17), field 'images[0]': cannot open image file 'a.png' (No such file or directory)``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+
+ROLES = ("system", "user", "assistant")
+PREFERENCE_OPTIONAL_FLOATS = ("margin", "chosen_score", "rejected_score")
+
+
+class RecordError(ValueError):
+    """A record is malformed. The message names the record and the field."""
+
+    def __init__(self, record_ref: str, field: str, problem: str):
+        self.record_ref, self.field, self.problem = record_ref, field, problem
+        super().__init__(f"record {record_ref}, field '{field}': {problem}")
+
+
+def record_ref(record: Mapping[str, Any], index: int | None) -> str:
+    """How errors name a record: its id and its position in the file."""
+    rid = record.get("id") if isinstance(record, Mapping) else None
+    where = f" (#{index})" if index is not None else ""
+    return f"{rid!r}{where}" if rid is not None else f"#{index}"
+
+
+def normalize_messages(messages: Any, ref: str, field: str) -> list[dict]:
+    """Messages with string content turned into `[{"type": "text", "text": ...}]`; raises on anything malformed."""
+    if isinstance(messages, str) or not isinstance(messages, Sequence) or len(messages) == 0:
+        raise RecordError(ref, field, f"expected a non-empty list of messages, got {type(messages).__name__}")
+    out = []
+    for i, msg in enumerate(messages):
+        where = f"{field}[{i}]"
+        if not isinstance(msg, Mapping):
+            raise RecordError(ref, where, f"expected a message dict, got {type(msg).__name__}")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise RecordError(ref, f"{where}.role", f"expected one of {ROLES}, got {role!r}")
+        content = msg.get("content")
+        if isinstance(content, str):
+            parts = [{"type": "text", "text": content}]
+        elif isinstance(content, Sequence) and len(content) > 0:
+            parts = []
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind == "image":
+                    parts.append({"type": "image", "text": None})
+                elif kind == "text" and isinstance(part.get("text"), str):
+                    parts.append({"type": "text", "text": part["text"]})
+                else:
+                    raise RecordError(ref, f"{where}.content[{j}]", f"expected {{'type': 'text', 'text': str}} "
+                                      f"or {{'type': 'image'}}, got {part!r}")  # fmt: skip
+        else:
+            raise RecordError(ref, f"{where}.content", f"expected a string or a non-empty list, got {content!r}")
+        out.append({"role": role, "content": parts})
+    return out
+
+
+def message_text(messages: Sequence[Mapping]) -> str:
+    """The concatenated text of some messages (images left out)."""
+    return "".join(p["text"] for m in messages for p in m["content"] if p["type"] == "text" and p["text"])
+
+
+def count_image_placeholders(messages: Sequence[Mapping]) -> int:
+    return sum(1 for m in messages for p in m["content"] if p["type"] == "image")
+
+
+def check_image(image: Any, ref: str, field: str, base_dir: str | None = None) -> Any:
+    """Return the image (paths resolved against `base_dir`) after checking that it decodes."""
+    try:
+        if isinstance(image, Image.Image):
+            return image
+        if isinstance(image, str | os.PathLike):
+            path = os.path.join(base_dir, image) if base_dir and not os.path.isabs(image) else str(image)
+            with Image.open(path) as im:
+                im.verify()
+            return path
+        if isinstance(image, Mapping) and (image.get("bytes") or image.get("path")):
+            if image.get("bytes"):
+                with Image.open(io.BytesIO(image["bytes"])) as im:
+                    im.verify()
+                return image
+            return check_image(image["path"], ref, field, base_dir)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for missing, truncated or corrupt files
+        what = f"file {image!r}" if isinstance(image, str | os.PathLike) else "bytes"
+        raise RecordError(ref, field, f"cannot open image {what} ({e})") from e
+    raise RecordError(ref, field, f"expected a PIL image, a path or {{'bytes': ...}}, got {type(image).__name__}")
+
+
+def _check_images(record: Mapping, messages: Sequence[Mapping], ref: str, base_dir: str | None) -> list:
+    images = record.get("images")
+    if images is None:
+        images = []
+    if isinstance(images, str) or not isinstance(images, Sequence):
+        raise RecordError(ref, "images", f"expected a list of images, got {type(images).__name__}")
+    n_slots = count_image_placeholders(messages)
+    if n_slots != len(images):
+        raise RecordError(ref, "images", f"the prompt has {n_slots} image placeholder(s) but {len(images)} image(s) "
+                          "are given")  # fmt: skip
+    return [check_image(im, ref, f"images[{i}]", base_dir) for i, im in enumerate(images)]
+
+
+def _check_id(record: Mapping, ref: str) -> str:
+    rid = record.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise RecordError(ref, "id", f"expected a non-empty string, got {rid!r}")
+    return rid
+
+
+def _check_response(record: Mapping, key: str, ref: str) -> list[dict]:
+    if key not in record:
+        raise RecordError(ref, key, "missing")
+    messages = normalize_messages(record[key], ref, key)
+    if any(m["role"] != "assistant" for m in messages):
+        raise RecordError(ref, key, "expected assistant messages only")
+    if not message_text(messages).strip():
+        raise RecordError(ref, key, "the response is empty")
+    if count_image_placeholders(messages):
+        raise RecordError(ref, key, "images belong in the prompt, not in the response")
+    return messages
+
+
+def validate_preference_record(
+    record: Mapping[str, Any], index: int | None = None, base_dir: str | None = None
+) -> dict[str, Any]:
+    """Check a preference record and return it normalised (string contents as text parts, paths resolved).
+
+    Raises:
+        RecordError: naming the record and the field at fault.
+    """
+    ref = record_ref(record, index) if isinstance(record, Mapping) else f"#{index}"
+    if not isinstance(record, Mapping):
+        raise RecordError(ref, "<record>", f"expected a dict, got {type(record).__name__}")
+    out = dict(record)
+    out["id"] = _check_id(record, ref)
+    if "prompt" not in record:
+        raise RecordError(ref, "prompt", "missing")
+    out["prompt"] = normalize_messages(record["prompt"], ref, "prompt")
+    out["chosen"] = _check_response(record, "chosen", ref)
+    out["rejected"] = _check_response(record, "rejected", ref)
+    out["images"] = _check_images(record, out["prompt"], ref, base_dir)
+    for key in PREFERENCE_OPTIONAL_FLOATS:
+        value = record.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise RecordError(ref, key, f"expected a finite number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def validate_prompt_record(
+    record: Mapping[str, Any], index: int | None = None, base_dir: str | None = None
+) -> dict[str, Any]:
+    """Check a prompt record (`id`, `prompt`, `images`, optional `answer`/`choices`/`source`); return it normalised."""
+    ref = record_ref(record, index) if isinstance(record, Mapping) else f"#{index}"
+    if not isinstance(record, Mapping):
+        raise RecordError(ref, "<record>", f"expected a dict, got {type(record).__name__}")
+    out = dict(record)
+    out["id"] = _check_id(record, ref)
+    if "prompt" not in record:
+        raise RecordError(ref, "prompt", "missing")
+    out["prompt"] = normalize_messages(record["prompt"], ref, "prompt")
+    if out["prompt"][-1]["role"] != "user":
+        raise RecordError(ref, "prompt", "the last message must be the user's")
+    out["images"] = _check_images(record, out["prompt"], ref, base_dir)
+    answer = record.get("answer")
+    if answer is not None and not isinstance(answer, str):
+        raise RecordError(ref, "answer", f"expected a string, got {type(answer).__name__}")
+    return out

@@ -1,0 +1,27 @@
+"""Shared fixtures: offline environment, tiny Qwen2.5-VL saved once per session, the toy task."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import pytest  # noqa: E402
+
+from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm  # noqa: E402
+from common.toy_task import ToyTaskConfig, write_toy_task  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_path(tmp_path_factory):
+    """A random-weight tiny Qwen2.5-VL (512-token BPE) and its processor, saved with save_pretrained."""
+    return save_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-qwen2.5-vl", TinyVLMSpec.preset("tiny"))
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """A small toy task (8 train / 4 eval examples per kind) as `datasets` folders."""
+    return write_toy_task(tmp_path_factory.mktemp("toy"), ToyTaskConfig(n_train=8, n_eval=4))
