@@ -109,12 +109,14 @@ def read_records(
     for index, (raw, base_dir) in enumerate(_iter_raw(path)):
         try:
             if "__bad_json__" in raw:
-                raise RecordError(f"#{index}", "<line>", f"invalid JSON ({raw['__bad_json__']})")
+                raise RecordError(f"#{index}", "<line>", "invalid JSON", raw["__bad_json__"])
             records.append(validate(raw, index=index, base_dir=base_dir))
         except RecordError as e:
             if on_error == "raise":
-                raise RecordError(e.record_ref, e.field, f"{e.problem} [in {path}]") from e
-            skipped.add(f"{e.field.split('[')[0]}: {e.problem.split(' (')[0]}", str(e))
+                raise RecordError(
+                    e.record_ref, e.field, e.problem, f"{e.detail + '; ' if e.detail else ''}in {path}"
+                ) from e
+            skipped.add(e.reason, str(e))
     return records_to_dataset(records)
 
 

@@ -11,6 +11,7 @@ dropping `video_processor` from it is enough. Without the `AutoProcessor.registe
 from __future__ import annotations
 
 from transformers import AutoProcessor, ProcessorMixin, Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+from transformers.image_processing_utils import SizeDict
 
 
 class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
@@ -42,24 +43,17 @@ def load_processor(path: str, min_pixels: int | None = None, max_pixels: int | N
         TypeError: when the folder yields a bare tokenizer instead of a processor.
     """
     register_image_only_processor()
-    kwargs = {}
-    if min_pixels is not None:
-        kwargs["min_pixels"] = min_pixels
-    if max_pixels is not None:
-        kwargs["max_pixels"] = max_pixels
-    processor = AutoProcessor.from_pretrained(path, **kwargs)
+    processor = AutoProcessor.from_pretrained(path)
     if not isinstance(processor, ProcessorMixin) or not hasattr(processor, "image_processor"):
         raise TypeError(
             f"{path} loads as {type(processor).__name__}, not a multimodal processor: the folder needs "
             "processor_config.json / preprocessor_config.json beside the tokenizer."
         )
     if min_pixels is not None or max_pixels is not None:
-        # older processor configs keep the bounds under `size`; set both so resizing honours them.
-        ip = processor.image_processor
-        if min_pixels is not None:
-            ip.min_pixels = min_pixels
-            ip.size["shortest_edge"] = min_pixels
-        if max_pixels is not None:
-            ip.max_pixels = max_pixels
-            ip.size["longest_edge"] = max_pixels
+        # transformers 5 keeps Qwen's pixel bounds as size.shortest_edge / size.longest_edge (areas, not edges).
+        size = processor.image_processor.size
+        processor.image_processor.size = SizeDict(
+            shortest_edge=min_pixels if min_pixels is not None else size.shortest_edge,
+            longest_edge=max_pixels if max_pixels is not None else size.longest_edge,
+        )
     return processor

@@ -14,7 +14,7 @@ A **prompt record** (what sampling reads) has `id`, `prompt`, `images` and optio
 `choices` (the answer set it is checked against) and `source`.
 
 Validation errors name the record (its id and position) and the field, e.g.
-``record 'toy-00017' (#17), field 'images[0]': cannot open image file 'a.png' (No such file or directory)``.
+``record 'toy-00017' (#17), field 'images[0]': cannot open image file ('a.png': No such file or directory)``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,14 @@ PREFERENCE_OPTIONAL_FLOATS = ("margin", "chosen_score", "rejected_score")
 class RecordError(ValueError):
     """A record is malformed. The message names the record and the field."""
 
-    def __init__(self, record_ref: str, field: str, problem: str):
-        self.record_ref, self.field, self.problem = record_ref, field, problem
-        super().__init__(f"record {record_ref}, field '{field}': {problem}")
+    def __init__(self, record_ref: str, field: str, problem: str, detail: str | None = None):
+        self.record_ref, self.field, self.problem, self.detail = record_ref, field, problem, detail
+        super().__init__(f"record {record_ref}, field '{field}': {problem}" + (f" ({detail})" if detail else ""))
+
+    @property
+    def reason(self) -> str:
+        """What went wrong without the specifics, to count skips by: `"images: cannot open image file"`."""
+        return f"{self.field.split('[')[0].split('.')[0]}: {self.problem}"
 
 
 def record_ref(record: Mapping[str, Any], index: int | None) -> str:
@@ -104,8 +109,9 @@ def check_image(image: Any, ref: str, field: str, base_dir: str | None = None) -
                 return image
             return check_image(image["path"], ref, field, base_dir)
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for missing, truncated or corrupt files
-        what = f"file {image!r}" if isinstance(image, str | os.PathLike) else "bytes"
-        raise RecordError(ref, field, f"cannot open image {what} ({e})") from e
+        if isinstance(image, str | os.PathLike):
+            raise RecordError(ref, field, "cannot open image file", f"{image!r}: {e}") from e
+        raise RecordError(ref, field, "cannot open image bytes", str(e)) from e
     raise RecordError(ref, field, f"expected a PIL image, a path or {{'bytes': ...}}, got {type(image).__name__}")
 
 

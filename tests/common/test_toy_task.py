@@ -1,0 +1,50 @@
+"""The toy task is deterministic, balanced (no answer prior without the image) and checkable."""
+
+import collections
+
+from common.io import read_records
+from common.toy_task import CHOICES, ToyTaskConfig, examples, is_correct, make_example, write_toy_task
+
+
+def test_deterministic_per_example():
+    a, b = make_example(3, "train", 11, "shape"), make_example(3, "train", 11, "shape")
+    assert a.question == b.question and a.answer == b.answer
+    assert list(a.image.getdata()) == list(b.image.getdata())
+    c = make_example(3, "eval", 11, "shape")
+    assert (c.answer, list(c.image.getdata())) != (a.answer, list(a.image.getdata()))
+
+
+def test_answers_match_what_is_drawn():
+    ex = make_example(0, "train", 0, "color")
+    counts = collections.Counter(ex.image.getdata())
+    background, (fill, _) = counts.most_common(1)[0], counts.most_common(2)[1]
+    r, g, b = fill
+    expected = {"red": r > 150 > g, "green": g > r and g > b, "blue": b > r and b > g}.get(ex.answer, True)
+    assert expected and background is not None
+
+
+def test_wrong_answers_are_balanced():
+    exs = examples(ToyTaskConfig(kinds=("color",)), "train", 600)
+    right = collections.Counter(e.answer for e in exs)
+    wrong = collections.Counter(e.wrong for e in exs)
+    for color in CHOICES["color"]:  # each word is about as often right as wrong: text alone cannot tell
+        assert abs(right[color] - wrong[color]) < 40
+    assert all(e.answer != e.wrong for e in exs)
+
+
+def test_is_correct():
+    choices = CHOICES["color"]
+    assert is_correct("The shape is Red.", "red", choices)
+    assert not is_correct("It is red or blue.", "red", choices)
+    assert not is_correct("It is reddish.", "red", choices)
+
+
+def test_write_toy_task(tmp_path):
+    paths = write_toy_task(tmp_path, ToyTaskConfig(n_train=2, n_eval=1))
+    pairs = read_records(paths["pairs_train"])
+    prompts = read_records(paths["prompts_eval"], kind="prompt")
+    assert len(pairs) == 8 and len(prompts) == 4
+    assert set(pairs["source"]) == {"toy/color", "toy/shape", "toy/count", "toy/sum"}
+    assert not set(pairs["id"]) & set(read_records(paths["pairs_eval"])["id"])
+    sums = [r for r in prompts if r["source"] == "toy/sum"]
+    assert sums[0]["images"] == [] and sums[0]["answer"] in CHOICES["sum"]
