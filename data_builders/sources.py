@@ -1,0 +1,218 @@
+"""Prompt readers: public and plain formats -> prompt records (`common.schema`: id, prompt, images, answer...).
+
+Sampling needs only the prompt side (images + question, plus the ground truth where there is one). Formats:
+
+* ``"prompt"``: our own prompt records (the toy task's `prompts_*`), read with `common.io.read_records`.
+* ``"plain"``: JSONL/Parquet rows with a question (`question`, `prompt`, `query` or `instruction`), images
+  (`images`: list, or `image` / `image_path` / `img_path`: one) and optionally `id`, `answer` (or `ground_truth`),
+  `choices`, `source`.
+* ``"rlaif_v"``: openbmb/RLAIF-V-Dataset (`question`, `image`, `idx`, `ds_name`/`origin_dataset`).
+* ``"vlfeedback"``: MMInstruction/VLFeedback (`id`, `prompt`, `img_path`; `completions` are ignored).
+* ``"mmpr"``: OpenGVLab/MMPR annotation JSONL (`question` with `<image>` tags, `image`: a path or a list of paths
+  relative to the annotation's image root).
+* ``"vl_rewardbench"``: MMInstruction/VL-RewardBench (`id`, `query`, `image`, `query_source`, `ground_truth` if
+  present).
+* ``"auto"``: picked from the first row's columns.
+
+Relative image paths resolve against `image_root` (default: the file's folder). A `<image>` tag in the question
+becomes an image placeholder at that place; images without tags go before the text. A bad record (missing
+question, unreadable image, duplicate id...) is skipped and counted in the `SkipLog` under `"<field>: <problem>"`,
+or raises a `RecordError` naming it with `on_error="raise"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset
+
+from common.io import SkipLog, read_records, records_to_dataset
+from common.schema import RecordError, record_ref, validate_prompt_record
+
+FORMATS = ("auto", "prompt", "plain", "rlaif_v", "vlfeedback", "mmpr", "vl_rewardbench")
+IMAGE_TAG = re.compile(r"\s*<image>\s*")
+
+
+def _raw_rows(path: Path) -> Iterator[dict]:
+    """Rows of a .jsonl/.json, .parquet or `save_to_disk` folder, images left undecoded."""
+    if path.suffix in (".jsonl", ".json"):
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as e:
+                        yield {"__bad_json__": f"line {lineno}: {e}"}
+        return
+    ds = Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else datasets.load_from_disk(str(path))
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
+    yield from ds
+
+
+def _first(row: Mapping, keys: tuple[str, ...]) -> Any:
+    return next((row[k] for k in keys if row.get(k) is not None), None)
+
+
+def _messages(question: Any, n_images: int, ref: str, field: str) -> list[dict]:
+    """A one-turn user prompt; `<image>` tags become placeholders, untagged images go first."""
+    if not isinstance(question, str) or not question.strip():
+        raise RecordError(ref, field, f"expected a non-empty question string, got {question!r}")
+    pieces = IMAGE_TAG.split(question)
+    n_tags = len(pieces) - 1
+    if n_tags > n_images:
+        raise RecordError(ref, field, f"the question has {n_tags} <image> tag(s) but {n_images} image(s) are given")
+    content = [{"type": "image"}] * (n_images - n_tags)
+    for k, text in enumerate(pieces):
+        if k:
+            content.append({"type": "image"})
+        if text.strip():
+            content.append({"type": "text", "text": text.strip()})
+    return [{"role": "user", "content": content}]
+
+
+def _as_list(images: Any) -> list:
+    if images is None:
+        return []
+    return list(images) if isinstance(images, list | tuple) else [images]
+
+
+def _record(rid: Any, question: Any, images: Any, ref: str, qfield: str, **extra: Any) -> dict:
+    images = _as_list(images)
+    return {"id": None if rid is None else str(rid), "prompt": _messages(question, len(images), ref, qfield),
+            "images": images, **{k: v for k, v in extra.items() if v is not None}}  # fmt: skip
+
+
+def _plain(row: Mapping, ref: str) -> dict:
+    if isinstance(row.get("prompt"), list):  # already messages: only normalise the image key
+        return {**row, "images": _as_list(_first(row, ("images", "image", "image_path", "img_path")))}
+    question_keys = ("question", "prompt", "query", "instruction")
+    field = next((k for k in question_keys if k in row), "question")
+    answer = _first(row, ("answer", "ground_truth"))
+    return _record(row.get("id"), row.get(field), _first(row, ("images", "image", "image_path", "img_path")), ref,
+                   field, answer=None if answer is None else str(answer), choices=row.get("choices"),
+                   source=row.get("source"))  # fmt: skip
+
+
+def _rlaif_v(row: Mapping, ref: str) -> dict:
+    origin = row.get("ds_name") or row.get("origin_dataset")
+    return _record(_first(row, ("idx", "id")), row.get("question"), row.get("image"), ref, "question",
+                   source=f"rlaif_v/{origin}" if origin else "rlaif_v")  # fmt: skip
+
+
+def _vlfeedback(row: Mapping, ref: str) -> dict:
+    return _record(row.get("id"), row.get("prompt"), row.get("img_path"), ref, "prompt", source="vlfeedback")
+
+
+def _mmpr(row: Mapping, ref: str) -> dict:
+    return _record(row.get("id"), row.get("question"), row.get("image"), ref, "question", source="mmpr")
+
+
+def _vl_rewardbench(row: Mapping, ref: str) -> dict:
+    origin = row.get("query_source")
+    answer = row.get("ground_truth")
+    return _record(row.get("id"), row.get("query"), row.get("image"), ref, "query",
+                   answer=str(answer) if answer not in (None, "") else None,
+                   source=f"vl_rewardbench/{origin}" if origin else "vl_rewardbench")  # fmt: skip
+
+
+CONVERTERS: dict[str, Callable[[Mapping, str], dict]] = {
+    "plain": _plain, "rlaif_v": _rlaif_v, "vlfeedback": _vlfeedback, "mmpr": _mmpr, "vl_rewardbench": _vl_rewardbench,
+}  # fmt: skip
+
+
+def detect_format(row: Mapping) -> str:
+    """Guess the format from one row's columns."""
+    keys = set(row)
+    if isinstance(row.get("prompt"), list) and "id" in keys:
+        return "prompt"
+    if {"completions", "models"} <= keys:
+        return "vlfeedback"
+    if {"query", "human_ranking"} <= keys:
+        return "vl_rewardbench"
+    if "question" in keys and keys & {"ds_name", "origin_dataset"}:
+        return "rlaif_v"
+    if {"question", "chosen", "rejected", "image"} <= keys and isinstance(row.get("image"), str | list):
+        return "mmpr"
+    return "plain"
+
+
+def read_prompts(
+    path: str | os.PathLike,
+    fmt: str = "auto",
+    image_root: str | None = None,
+    skipped: SkipLog | None = None,
+    on_error: str = "skip",
+    max_prompts: int | None = None,
+) -> Dataset:
+    """Read prompts of format `fmt` (see the module docstring) into validated prompt records.
+
+    Args:
+        path: a .jsonl/.json, .parquet file or a `datasets` folder.
+        fmt: one of `FORMATS`.
+        image_root: folder that relative image paths resolve against (default: the file's folder).
+        skipped: counts of skipped records per reason (needed with `on_error="skip"`).
+        on_error: `"skip"` (count and go on) or `"raise"`.
+        max_prompts: keep the first N valid prompts (None: all).
+
+    Returns:
+        A `Dataset` of prompt records, in file order, ids unique.
+
+    Raises:
+        FileNotFoundError: `path` does not exist. ValueError: unknown `fmt`. RecordError: with `on_error="raise"`.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown prompt format {fmt!r}; choose one of {FORMATS}")
+    if not path.exists():
+        raise FileNotFoundError(f"no such prompt file or folder: {path}")
+    skipped = skipped if skipped is not None else SkipLog()
+    rows = _raw_rows(path)
+    if fmt == "auto":
+        first = next(iter(_raw_rows(path)), {})
+        fmt = detect_format(first)
+    if fmt == "prompt":
+        ds = read_records(path, kind="prompt", on_error=on_error, skipped=skipped)
+        return _dedupe(ds, skipped, on_error, max_prompts)
+    base_dir = image_root or str(path.parent)
+    records = []
+    for index, row in enumerate(rows):
+        ref = record_ref(row, index)
+        try:
+            if "__bad_json__" in row:
+                raise RecordError(f"#{index}", "<line>", f"invalid JSON ({row['__bad_json__']})")
+            rec = CONVERTERS[fmt](row, ref)
+            rec["id"] = rec.get("id") or f"{path.stem}-{index:07d}"
+            records.append(validate_prompt_record(rec, index=index, base_dir=base_dir))
+        except RecordError as e:
+            if on_error == "raise":
+                raise RecordError(e.record_ref, e.field, f"{e.problem} [in {path}]") from e
+            skipped.add(f"{e.field.split('[')[0]}: {e.problem.split(' (')[0]}", str(e))
+        if max_prompts is not None and len(records) >= max_prompts:
+            break
+    return _dedupe(records_to_dataset(records), skipped, on_error, max_prompts)
+
+
+def _dedupe(ds: Dataset, skipped: SkipLog, on_error: str, max_prompts: int | None) -> Dataset:
+    """Drop records whose id was seen before (pair ids and resume bookkeeping rely on unique prompt ids)."""
+    seen, keep = set(), []
+    for i, rid in enumerate(ds["id"] if len(ds) else []):
+        if rid in seen:
+            if on_error == "raise":
+                raise RecordError(f"{rid!r} (#{i})", "id", "duplicate prompt id")
+            skipped.add("id: duplicate prompt id", f"record {rid!r} (#{i}), field 'id': duplicate prompt id")
+        else:
+            seen.add(rid)
+            keep.append(i)
+    if max_prompts is not None:
+        keep = keep[:max_prompts]
+    return ds if len(keep) == len(ds) else ds.select(keep)
