@@ -1,0 +1,66 @@
+"""Packed pairs (images and prompt encoded once) give the same log-probs as TRL's [chosen; rejected] batch."""
+
+import pytest
+import torch
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+from mpo.packing import PairCollator, pack_pairs, pair_logps
+
+
+def _trl_logps(model, processor, examples):
+    batch = DataCollatorForVisionPreference(processor)([dict(e) for e in examples])
+    completion_mask = batch.pop("completion_mask")
+    labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
+    with torch.no_grad():
+        out = model(**batch, labels=labels, fused_lm_head=True, use_cache=False)
+    return out.log_probs.sum(1).chunk(2), completion_mask.sum(1).chunk(2)
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3], [3], [0], [1, 3, 5, 7]])  # mixed, text only, image only, mixed
+def test_packed_logps_equal_trl_unpacked(tiny_policy, toy_pairs, rows):
+    model, processor = tiny_policy
+    examples = [toy_pairs[i] for i in rows]
+    batch = PairCollator(processor)(examples)
+    with torch.no_grad():
+        ours = pair_logps(model, batch, model.model.get_rope_index, torch.float32)
+    (trl_c, trl_r), (len_c, len_r) = _trl_logps(model, processor, examples)
+    assert torch.equal(ours.chosen_lengths, len_c) and torch.equal(ours.rejected_lengths, len_r)
+    assert (ours.chosen - trl_c).abs().max() <= 1e-4
+    assert (ours.rejected - trl_r).abs().max() <= 1e-4
+    assert not torch.allclose(ours.chosen, ours.rejected)  # the two branches really differ
+
+
+def test_images_are_processed_once_per_pair(tiny_policy, toy_pairs):
+    model, processor = tiny_policy
+    examples = toy_pairs[:3]  # three images
+    ours = PairCollator(processor)(examples)
+    trl = DataCollatorForVisionPreference(processor)([dict(e) for e in examples])
+    assert ours["image_grid_thw"].size(0) == 3 and trl["image_grid_thw"].size(0) == 6
+    assert ours["pixel_values"].size(0) * 2 == trl["pixel_values"].size(0)
+
+
+def test_branches_do_not_see_each_other(tiny_policy, toy_pairs):
+    model, processor = tiny_policy
+    batch = PairCollator(processor)(toy_pairs[:2])
+    packed = pack_pairs(batch, model.model.get_rope_index, torch.float32)
+    mask = packed.model_inputs["attention_mask"][:, 0] == 0  # [B, q, k] allowed
+    chosen, rejected = packed.chosen_positions, packed.rejected_positions
+    for b in range(2):
+        assert not mask[b][rejected[b]][:, chosen[b]].any()
+        assert not mask[b][chosen[b]][:, rejected[b]].any()
+    # Positions: the first token of each response sits one after the prompt's last position (text RoPE).
+    pos = packed.model_inputs["position_ids"]
+    first_c = chosen[0].nonzero()[0].item()
+    first_r = rejected[0].nonzero()[0].item()
+    assert torch.equal(pos[:, 0, first_c], pos[:, 0, first_r])
+
+
+def test_truncation_cuts_responses_never_the_prompt(tiny_policy, toy_pairs):
+    _, processor = tiny_policy
+    full = PairCollator(processor)(toy_pairs[:1])
+    prompt_len = int(full["prompt_attention_mask"].sum())
+    cut = PairCollator(processor, max_length=prompt_len + 2)(toy_pairs[:1])
+    assert torch.equal(cut["prompt_input_ids"], full["prompt_input_ids"])
+    assert int(cut["chosen_attention_mask"].sum()) == 2 and int(cut["rejected_attention_mask"].sum()) == 2
+    with pytest.raises(ValueError, match=r"record 'toy-train-color-000000', field 'prompt'.*16 of them image tokens"):
+        PairCollator(processor, max_length=prompt_len)(toy_pairs[:1])
