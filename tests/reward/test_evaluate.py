@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
+from common.schema import RecordError
+from reward.benchmarks import read_benchmark, scored_row
 from reward.evaluate import (
     mm_rewardbench_metrics,
     rewardbench_metrics,
     vl_rewardbench_metrics,
     vl_rewardbench_source,
 )
+from reward.scorer import load_image
 
 
 @pytest.mark.parametrize(
@@ -171,3 +176,68 @@ def test_mm_rewardbench_metrics_hand_computed():
 def test_mm_rewardbench_rejects_bad_label():
     with pytest.raises(ValueError, match=r"'x_1'.*Better"):
         mm_rewardbench_metrics([_mm("x_1", "vqa", "A", 1.0, 0.0)])
+
+
+# ----------------------------------------------------------------------------------------------- readers
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _pixels(image):
+    return list(load_image(image).getdata())
+
+
+@pytest.mark.parametrize(
+    "name, first, second",
+    [
+        ("vl_rewardbench", "vl_rewardbench.jsonl", "vl_rewardbench.parquet"),
+        ("rewardbench", "rewardbench.jsonl", "rewardbench_dataset"),
+        ("mm_rewardbench", "mm_rewardbench.json", "mm_rewardbench.parquet"),
+    ],
+)
+def test_readers_give_the_same_examples_from_every_format(name, first, second):
+    a, b = read_benchmark(name, FIXTURES / first), read_benchmark(name, FIXTURES / second)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x.row == y.row
+        assert x.group.prompt == y.group.prompt and x.group.responses == y.group.responses
+        assert [_pixels(i) for i in x.group.images] == [_pixels(i) for i in y.group.images]
+
+
+def test_vl_rewardbench_reader_builds_image_prompt_and_rows():
+    ex = read_benchmark("vl_rewardbench", FIXTURES / "vl_rewardbench.jsonl")
+    first = ex[1]
+    assert first.row == {"id": "wildvision-battle_1", "human_ranking": [1, 0]}
+    assert first.group.responses == ["A blue square.", "A red circle."]
+    assert first.group.prompt == [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
+    ]
+    assert load_image(first.group.images[0]).size == (48, 40)
+    # fake scores: the second response always wins -> correct exactly where human_ranking prefers it
+    rows = [scored_row("vl_rewardbench", e, [0.0, 1.0]) for e in ex]
+    assert vl_rewardbench_metrics(rows)["overall"] == pytest.approx(2 / 6)
+
+
+def test_rewardbench_and_mm_readers_rows():
+    rb = read_benchmark("rewardbench", FIXTURES / "rewardbench.jsonl", limit=3)
+    assert len(rb) == 3 and rb[0].group.images == [] and rb[0].row == {"id": 0, "subset": "alpacaeval-easy"}
+    assert scored_row("rewardbench", rb[0], [2.0, 1.0])["chosen_score"] == 2.0
+    mm = read_benchmark("mm_rewardbench", FIXTURES / "mm_rewardbench.json")
+    assert [e.row["Category"] for e in mm[:2]] == [
+        "open_generation/correctness_task",
+        "open_generation/preference_task",
+    ]
+    rows = [scored_row("mm_rewardbench", e, [1.0, 0.0]) for e in mm]  # Output1 always wins
+    assert mm_rewardbench_metrics(rows)["overall"] == pytest.approx(4 / 6)
+
+
+def test_readers_name_the_bad_row_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"id": "q1", "prompt": "hi", "chosen": "a", "rejected": "", "subset": "shp"}) + "\n")
+    with pytest.raises(RecordError, match=r"'q1' \(#0\), field 'rejected': missing or empty"):
+        read_benchmark("rewardbench", path)
+    path.write_text(json.dumps({"id": "v1", "query": "q", "response": ["a", "b"], "human_ranking": [0, 1],
+                                "image": "nope.png"}) + "\n")  # fmt: skip
+    with pytest.raises(RecordError, match=r"'v1' \(#0\), field 'image\[0\]': cannot open image file"):
+        read_benchmark("vl_rewardbench", path)
+    with pytest.raises(ValueError, match="unknown benchmark 'vlrb'"):
+        read_benchmark("vlrb", path)
