@@ -1,0 +1,92 @@
+"""`BuildPairsConfig`: everything the reward-ranked pair building job (`data_builders.build.build_pairs`) reads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from data_builders.pairing import RULES
+from data_builders.sampling import SamplingParams
+from data_builders.sources import FORMATS
+
+# Fields that do not change what the job writes: a rerun may change them and still resume.
+RUN_ONLY_FIELDS = ("output_dir", "overwrite", "progress", "report_to", "wandb_project", "run_name", "device",
+                   "score_batch_size")  # fmt: skip
+
+
+@dataclass
+class BuildPairsConfig:
+    """Sample K responses per prompt from a policy, score them with a reward model, keep chosen/rejected pairs."""
+
+    # > inputs
+    prompts: str = field(default=None, metadata={"help": "Prompt file or folder (.jsonl, .parquet or datasets dir)."})
+    prompt_format: str = field(default="auto", metadata={"help": f"Prompt format, one of {FORMATS}."})
+    image_root: str | None = field(
+        default=None, metadata={"help": "Folder relative image paths resolve against (default: the file's folder)."}
+    )
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N valid prompts."})
+    policy_name_or_path: str = field(default=None, metadata={"help": "Policy VLM folder that samples the responses."})
+    reward_model_name_or_path: str = field(
+        default=None, metadata={"help": "Reward model folder (ours or Skywork-VL-Reward format) that scores them."}
+    )
+    # > sampling
+    backend: str = field(default="hf", metadata={"help": "Sampling backend: 'hf' (transformers) or 'vllm' (GPU)."})
+    num_samples: int = field(default=8, metadata={"help": "Candidates K sampled per prompt."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0: off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Longest response in tokens."})
+    seed: int = field(default=0, metadata={"help": "Base seed; each prompt samples with hash(seed, prompt id)."})
+    dtype: str = field(default="float32", metadata={"help": "Model dtype: float32, bfloat16 or float16 (GPU)."})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto (cuda:LOCAL_RANK when available)."})
+    min_pixels: int | None = field(default=None, metadata={"help": "Lower bound on image area (processor resize)."})
+    max_pixels: int | None = field(default=None, metadata={"help": "Upper bound on image area (processor resize)."})
+    score_batch_size: int = field(default=8, metadata={"help": "Responses per reward-model forward."})
+    # > pair selection (docs/data_building.md)
+    rule: str = field(default="best_vs_worst", metadata={"help": f"Pair selection rule, one of {RULES}."})
+    min_gap: float = field(
+        default=0.0, metadata={"help": "Smallest chosen-minus-rejected reward gap kept (best_vs_worst, all_pairs)."}
+    )
+    max_pairs_per_prompt: int = field(default=1, metadata={"help": "Cap on pairs per prompt (all_pairs, correctness)."})
+    # > output
+    output_dir: str = field(default=None, metadata={"help": "Where chunks, the merged `pairs/` and the report go."})
+    chunk_size: int = field(
+        default=16, metadata={"help": "Prompts per chunk: the unit of atomic writes, resume and sharding."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete an output_dir built with a different config instead of failing."}
+    )
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar with rate and ETA."})
+    report_to: str = field(default="none", metadata={"help": "'none' or 'wandb' (the report's counts and histograms)."})
+    wandb_project: str = field(default="vlrm-mpo", metadata={"help": "wandb project (with report_to=wandb)."})
+    run_name: str | None = field(default=None, metadata={"help": "wandb run name (default: output_dir's name)."})
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(num_samples=self.num_samples, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, max_new_tokens=self.max_new_tokens)  # fmt: skip
+
+    def validate(self) -> None:
+        """Check every field at once; raise one ValueError listing all problems and their fixes."""
+        problems = []
+        for name in ("prompts", "policy_name_or_path", "reward_model_name_or_path", "output_dir"):
+            if not getattr(self, name):
+                problems.append(f"{name} is required (--{name} ...)")
+        choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"),
+                   "report_to": ("none", "wandb"), "dtype": ("float32", "bfloat16", "float16")}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}={getattr(self, name)!r}: choose one of {allowed}")
+        for name in ("chunk_size", "max_pairs_per_prompt", "score_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.min_gap < 0:
+            problems.append(f"min_gap={self.min_gap}: must be >= 0")
+        try:
+            self.sampling_params()
+        except ValueError as e:
+            problems.append(str(e))
+        if problems:
+            raise ValueError("invalid BuildPairsConfig:\n  - " + "\n  - ".join(problems))
+
+    def content_fields(self) -> dict:
+        """The fields that decide the output (a resumed run must match them)."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_FIELDS}

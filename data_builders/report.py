@@ -1,0 +1,142 @@
+"""Per-chunk statistics of the build job, their merge, and the run report (JSON, markdown, PNG histograms, wandb)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+HISTOGRAMS = {"reward": "candidate reward", "gap": "pair reward gap (chosen - rejected)",
+              "length": "response length (tokens)"}  # fmt: skip
+
+
+def new_stats() -> dict[str, Any]:
+    """Empty statistics of one chunk (JSON-serialisable so that a finished chunk stores its own)."""
+    return {"prompts": 0, "prompts_with_pairs": 0, "candidates": 0, "pairs": 0, "judged": 0, "correct": 0,
+            "candidate_drops": {}, "prompt_skips": {}, "reward": [], "gap": [], "length": []}  # fmt: skip
+
+
+def add_count(counts: dict[str, int], reason: str, n: int = 1) -> None:
+    counts[reason] = counts.get(reason, 0) + n
+
+
+def merge_stats(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum counts and concatenate the histogram values of several chunks (in the given order)."""
+    total = new_stats()
+    for st in chunks:
+        for key, value in st.items():
+            if isinstance(value, dict):
+                for reason, n in value.items():
+                    add_count(total[key], reason, n)
+            elif isinstance(value, list):
+                total[key].extend(value)
+            elif key in total:
+                total[key] += value
+    return total
+
+
+def _summary(values: list[float]) -> dict[str, float] | None:
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return None
+    return {"n": len(vals), "mean": statistics.fmean(vals), "std": statistics.pstdev(vals), "min": min(vals),
+            "median": statistics.median(vals), "max": max(vals)}  # fmt: skip
+
+
+def build_report(stats: Mapping[str, Any], read_skips: Mapping[str, Any], prompts_read: int, meta: Mapping) -> dict:
+    """The report's content: counts of prompts, candidates, pairs and every skip reason, and value summaries."""
+    report = {
+        "prompts": {"valid": prompts_read, "skipped_at_read": dict(read_skips), "processed": stats["prompts"],
+                    "with_pairs": stats["prompts_with_pairs"], "without_pairs": dict(stats["prompt_skips"])},
+        "candidates": {"generated": stats["candidates"], "dropped": dict(stats["candidate_drops"])},
+        "pairs": stats["pairs"],
+        "summaries": {name: _summary(stats[name]) for name in HISTOGRAMS},
+        **meta,
+    }  # fmt: skip
+    if stats["judged"]:
+        report["candidates"]["correct_rate"] = stats["correct"] / stats["judged"]
+    return report
+
+
+def _markdown(report: Mapping[str, Any]) -> str:
+    p, c = report["prompts"], report["candidates"]
+    lines = ["# Pair building report", "", "| count | value |", "|---|---|",
+             f"| prompts (valid) | {p['valid']} |", f"| prompts skipped at read | {p['skipped_at_read'].get('total', 0)} |",
+             f"| prompts processed | {p['processed']} |", f"| prompts with pairs | {p['with_pairs']} |",
+             f"| candidates generated | {c['generated']} |", f"| pairs | {report['pairs']} |"]  # fmt: skip
+    if "correct_rate" in c:
+        lines.append(f"| candidates correct (ground truth) | {c['correct_rate']:.3f} |")
+    for title, counts in (("Prompts skipped at read", p["skipped_at_read"].get("by_reason", {})),
+                          ("Prompts without pairs", p["without_pairs"]), ("Candidates dropped", c["dropped"])):  # fmt: skip
+        lines += ["", f"## {title}", ""]
+        lines += [f"- {reason}: {n}" for reason, n in sorted(counts.items())] or ["- none"]
+    lines += [
+        "",
+        "## Distributions",
+        "",
+        "| value | n | mean | std | min | median | max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in report["summaries"].items():
+        if s:
+            lines.append(f"| {HISTOGRAMS[name]} | {s['n']} | " + " | ".join(
+                f"{s[k]:.4g}" for k in ("mean", "std", "min", "median", "max")) + " |")  # fmt: skip
+    lines += ["", *[f"![{name}](hist_{name}.png)" for name in HISTOGRAMS], ""]
+    return "\n".join(lines)
+
+
+def _histogram(values: list[float], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist([v for v in values if math.isfinite(v)], bins=30)
+    ax.set_title(title)
+    ax.set_ylabel("count")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(
+    out_dir: Path, stats: Mapping[str, Any], read_skips: Mapping, prompts_read: int, meta: Mapping
+) -> dict:
+    """Write `report.json`, `report.md` and `hist_{reward,gap,length}.png` into `out_dir`; return the report."""
+    report = build_report(stats, read_skips, prompts_read, meta)
+    for name, title in HISTOGRAMS.items():
+        _histogram(stats[name], title, out_dir / f"hist_{name}.png")
+    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
+    _write_atomic(out_dir / "report.md", _markdown(report))
+    return report
+
+
+def log_to_wandb(report: Mapping[str, Any], stats: Mapping[str, Any], out_dir: Path, project: str, name: str,
+                 config: Mapping) -> None:  # fmt: skip
+    """Log the report's counts, histograms and PNGs to a wandb run (offline with WANDB_MODE=offline)."""
+    import wandb
+
+    run = wandb.init(project=project, name=name, config=dict(config), dir=str(out_dir))
+    flat = {"prompts/processed": report["prompts"]["processed"], "prompts/with_pairs": report["prompts"]["with_pairs"],
+            "candidates/generated": report["candidates"]["generated"], "pairs": report["pairs"]}  # fmt: skip
+    flat.update({f"prompts/without_pairs/{k}": v for k, v in report["prompts"]["without_pairs"].items()})
+    flat.update({f"candidates/dropped/{k}": v for k, v in report["candidates"]["dropped"].items()})
+    for hist in HISTOGRAMS:
+        values = [v for v in stats[hist] if math.isfinite(v)]
+        if values:
+            flat[f"hist/{hist}"] = wandb.Histogram(values)
+        flat[f"plots/{hist}"] = wandb.Image(str(out_dir / f"hist_{hist}.png"))
+    run.log(flat)
+    run.summary.update({k: v for k, v in flat.items() if isinstance(v, int | float)})
+    run.finish()

@@ -1,0 +1,225 @@
+"""Sampling K candidate responses per prompt from a policy VLM, behind one small interface.
+
+Backends (`make_sampler`):
+
+* ``"hf"`` (`HFSampler`): transformers on CPU or GPU. With `shared_prefill=True` (default) the prompt and its
+  images go through the vision tower and the LM **once** (batch 1); the KV cache is then repeated K ways and the
+  K samples decode together. `generate(num_return_sequences=K)` instead copies the inputs K times before the
+  prefill, so it runs the vision tower and the prompt K times (`shared_prefill=False` keeps that path as the
+  baseline). Both draw the same random numbers in the same order (one `multinomial` over the K rows per step, the
+  same logits warpers as `generate`), so for a seed they give the same samples up to float noise.
+* ``"vllm"`` (`VLLMSampler`): GPU only, optional extra (`pip install vllm`), imported only when chosen.
+
+Determinism: each prompt is sampled with its own seed, `prompt_seed(seed, prompt_id)`, so a prompt's candidates do
+not depend on which rank, chunk or rerun samples it. Qwen2.5-VL positions: image tokens get 3D (mrope) positions
+from `get_rope_index` (it needs the processor's `mm_token_type_ids`); decoding continues at
+`prompt_length + step + rope_delta` on all three axes, as `generate` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import (
+    AutoModelForImageTextToText,
+    DynamicCache,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from common.processor import load_processor
+from reward.scorer import load_image
+
+
+@dataclass
+class SamplingParams:
+    """How candidates are drawn (the `generate` meanings)."""
+
+    num_samples: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    max_new_tokens: int = 128
+
+    def __post_init__(self):
+        problems = []
+        if self.num_samples < 2:
+            problems.append(f"num_samples={self.num_samples}: need at least 2 candidates to make a pair")
+        if not self.temperature > 0:
+            problems.append(f"temperature={self.temperature}: must be > 0 (sampling, not greedy)")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p}: must be in (0, 1]")
+        if self.top_k < 0 or self.max_new_tokens < 1:
+            problems.append(f"top_k={self.top_k} must be >= 0 and max_new_tokens={self.max_new_tokens} >= 1")
+        if problems:
+            raise ValueError("invalid sampling parameters: " + "; ".join(problems))
+
+
+@dataclass
+class Candidates:
+    """K sampled responses for one prompt and their lengths in tokens (end-of-turn token included)."""
+
+    texts: list[str]
+    num_tokens: list[int]
+
+
+class Sampler(Protocol):
+    """What the build job needs from a sampling backend."""
+
+    def sample(self, prompt: Mapping[str, Any], params: SamplingParams, seed: int) -> Candidates: ...
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """A 63-bit seed for one prompt, independent of order, sharding and reruns."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{prompt_id}".encode()).digest()[:8], "little") >> 1
+
+
+def resolve_device(device: str) -> torch.device:
+    """`"auto"`: this rank's GPU (`cuda:LOCAL_RANK`) when there is one, else the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+
+
+class HFSampler:
+    """Sampling with transformers (see the module docstring).
+
+    Args:
+        model_path: local folder of the policy (a Qwen2.5-VL checkpoint).
+        dtype: `"float32"`, `"bfloat16"` or `"float16"`.
+        device: `"auto"`, `"cpu"`, `"cuda"`...
+        min_pixels / max_pixels: image area bounds for the processor.
+        shared_prefill: one prefill shared by the K samples (True) or `generate(num_return_sequences=K)` (False).
+    """
+
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "auto", min_pixels: int | None = None,
+                 max_pixels: int | None = None, shared_prefill: bool = True):  # fmt: skip
+        self.device = resolve_device(device)
+        self.processor = load_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        self.model.to(self.device).eval()
+        self.shared_prefill = shared_prefill
+        gen_cfg = self.model.generation_config
+        eos = gen_cfg.eos_token_id
+        self.eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=self.device)
+        self.pad_id = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else int(self.eos_ids[0])
+
+    def encode(self, prompt: Mapping[str, Any]):
+        """The processor's inputs for one prompt record (chat template with the generation prompt)."""
+        text = self.processor.apply_chat_template(prompt["prompt"], add_generation_prompt=True, tokenize=False)
+        images = [load_image(im) for im in prompt.get("images") or []]
+        inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+        return inputs.to(self.device)
+
+    @torch.no_grad()
+    def sample(self, prompt: Mapping[str, Any], params: SamplingParams, seed: int) -> Candidates:
+        inputs = self.encode(prompt)
+        prompt_len = inputs["input_ids"].shape[1]
+        if self.shared_prefill:
+            generator = torch.Generator(self.device).manual_seed(seed)
+            tokens = self._sample_shared_prefill(inputs, params, generator)
+        else:
+            torch.manual_seed(seed)  # generate() draws from the global generator; same stream as the above
+            out = self.model.generate(**inputs, do_sample=True, num_return_sequences=params.num_samples,
+                                      max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                                      top_p=params.top_p, top_k=params.top_k, pad_token_id=self.pad_id)  # fmt: skip
+            tokens = out[:, prompt_len:]
+        return self._decode(tokens)
+
+    def _warpers(self, params: SamplingParams) -> LogitsProcessorList:
+        # Same warpers, same order as `generate` builds them for these settings.
+        warpers = LogitsProcessorList()
+        if params.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k:
+            warpers.append(TopKLogitsWarper(top_k=params.top_k))
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=params.top_p))
+        return warpers
+
+    def _positions(self, inputs) -> tuple[torch.Tensor, int]:
+        """3D positions of the prompt `[3, 1, L]` and the offset text positions continue from."""
+        ids = inputs["input_ids"]
+        if inputs.get("image_grid_thw") is None:
+            return torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1).expand(3, 1, -1), 0
+        position_ids, deltas = self.model.model.get_rope_index(
+            ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=inputs["attention_mask"],
+        )  # fmt: skip
+        return position_ids, int(deltas.view(-1)[0])
+
+    def _sample_shared_prefill(self, inputs, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+        k, prompt_len = params.num_samples, inputs["input_ids"].shape[1]
+        position_ids, delta = self._positions(inputs)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(**inputs, position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(k)  # [1, heads, L, d] -> [K, heads, L, d]
+        logits = out.logits[:, -1].float().expand(k, -1)
+        seqs = inputs["input_ids"].expand(k, -1)  # what the warpers see, as in generate()
+        warpers = self._warpers(params)
+        unfinished = torch.ones(k, dtype=torch.long, device=self.device)
+        new_tokens = []
+        for step in range(params.max_new_tokens):
+            probs = torch.softmax(warpers(seqs, logits), dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            nxt = nxt * unfinished + self.pad_id * (1 - unfinished)
+            new_tokens.append(nxt)
+            seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+            unfinished = unfinished & ~torch.isin(nxt, self.eos_ids)
+            if not unfinished.any() or step == params.max_new_tokens - 1:
+                break
+            pos = torch.full((3, k, 1), prompt_len + step + delta, dtype=torch.long, device=self.device)
+            out = self.model(input_ids=nxt[:, None], position_ids=pos, cache=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
+        return torch.stack(new_tokens, dim=1)
+
+    def _decode(self, tokens: torch.Tensor) -> Candidates:
+        texts, lengths = [], []
+        for row in tokens.tolist():
+            end = next((i + 1 for i, t in enumerate(row) if t in self.eos_ids.tolist()), len(row))
+            lengths.append(end)
+            texts.append(self.processor.decode(row[:end], skip_special_tokens=True).strip())
+        return Candidates(texts, lengths)
+
+
+class VLLMSampler:
+    """Sampling with vLLM (GPU only; `pip install vllm`). Seeds per prompt through `SamplingParams(seed=...)`."""
+
+    def __init__(self, model_path: str, dtype: str = "bfloat16", min_pixels: int | None = None,
+                 max_pixels: int | None = None):  # fmt: skip
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError("backend='vllm' needs vLLM on a GPU machine: `pip install vllm`") from e
+        self.processor = load_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
+        mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        self.llm = LLM(model=model_path, dtype=dtype, mm_processor_kwargs=mm_kwargs or None)
+
+    def sample(self, prompt: Mapping[str, Any], params: SamplingParams, seed: int) -> Candidates:
+        from vllm import SamplingParams as VLLMParams
+
+        text = self.processor.apply_chat_template(prompt["prompt"], add_generation_prompt=True, tokenize=False)
+        request: dict[str, Any] = {"prompt": text}
+        if prompt.get("images"):
+            request["multi_modal_data"] = {"image": [load_image(im) for im in prompt["images"]]}
+        vparams = VLLMParams(n=params.num_samples, temperature=params.temperature, top_p=params.top_p,
+                             top_k=params.top_k or -1, max_tokens=params.max_new_tokens, seed=seed)  # fmt: skip
+        outputs = self.llm.generate([request], vparams, use_tqdm=False)[0].outputs
+        return Candidates([o.text.strip() for o in outputs], [len(o.token_ids) for o in outputs])
+
+
+def make_sampler(backend: str, model_path: str, dtype: str, device: str, min_pixels: int | None,
+                 max_pixels: int | None) -> Sampler:  # fmt: skip
+    """The sampler for `backend` (`"hf"` or `"vllm"`)."""
+    if backend == "hf":
+        return HFSampler(model_path, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+    if backend == "vllm":
+        return VLLMSampler(model_path, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels)
+    raise ValueError(f"unknown sampling backend {backend!r}; choose 'hf' or 'vllm'")
