@@ -15,11 +15,18 @@ Sources (see docs/evaluation.md):
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from reward.scorer import ScorerConfig
 
 # ----------------------------------------------------------------------------------------------- VL-RewardBench
 VL_REWARDBENCH_GROUPS = {
@@ -222,3 +229,155 @@ METRICS = {
     "rewardbench": rewardbench_metrics,
     "mm_rewardbench": mm_rewardbench_metrics,
 }
+
+
+# ----------------------------------------------------------------------------------------------- the evaluation job
+# Published Skywork-VL-Reward-7B figures (arXiv:2505.07263, DESIGN.md), as fractions, for the report's reference row.
+REFERENCE_ROWS: dict[str, dict[str, dict[str, float]]] = {
+    "vl_rewardbench": {
+        "Skywork-VL-Reward-7B (paper)": {
+            "overall": 0.731, "macro": 0.690, "general": 0.660, "hallucination": 0.800, "reasoning": 0.610,
+        },
+    },
+    "rewardbench": {
+        "Skywork-VL-Reward-7B (paper)": {
+            "score": 0.901, "chat": 0.900, "chat_hard": 0.875, "safety": 0.911, "reasoning": 0.918,
+        },
+    },
+    "mm_rewardbench": {},
+}  # fmt: skip
+
+
+@dataclass
+class EvalConfig:
+    """Which benchmark to run, on which local data, and where the report goes."""
+
+    benchmark: str = field(
+        default=None, metadata={"help": "vl_rewardbench, rewardbench or mm_rewardbench.", "aliases": ["--bench"]}
+    )
+    data_path: str = field(
+        default=None,
+        metadata={"help": "Local benchmark data: .jsonl/.json/.parquet, a Parquet folder or a datasets folder.",
+                  "aliases": ["--data"]},
+    )  # fmt: skip
+    output_dir: str = field(default=None, metadata={"help": "Where predictions, metrics, table and chart go."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples (smoke runs)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing report in output_dir."})
+    report_to: str = field(default="none", metadata={"help": "none or wandb (set WANDB_MODE=offline without network)."})
+    run_name: str | None = field(default=None, metadata={"help": "wandb run name (default: model folder + benchmark)."})
+
+    def validate(self) -> None:
+        """All problems at once, each with the flag to set."""
+        problems = []
+        if self.benchmark not in METRICS:
+            problems.append(f"--benchmark {self.benchmark!r}: choose one of {sorted(METRICS)}")
+        for name in ("data_path", "output_dir"):
+            if not getattr(self, name):
+                problems.append(f"--{name} is required")
+        if self.data_path and not Path(self.data_path).exists():
+            problems.append(f"--data_path {self.data_path}: no such file or folder")
+        if self.output_dir and (Path(self.output_dir) / "metrics.json").exists() and not self.overwrite_output_dir:
+            problems.append(f"--output_dir {self.output_dir} already holds a report; pass --overwrite_output_dir")
+        if self.report_to not in ("none", "wandb"):
+            problems.append(f"--report_to {self.report_to!r}: choose none or wandb")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"--limit {self.limit}: must be >= 1")
+        if problems:
+            raise ValueError("invalid evaluation config:\n  " + "\n  ".join(problems))
+
+
+def _headline(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """The scalar figures of a metrics dict (RewardBench's per-subset dict left out)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, Mapping)}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(benchmark: str, model_name: str, metrics: Mapping[str, Any]) -> str:
+    """Our figures (percent) beside the published reference rows."""
+    ours = _headline(metrics)
+    columns = list(ours)
+    lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines.append(f"| {model_name} | " + " | ".join(_pct(ours[c]) for c in columns) + " |")
+    for name, ref in REFERENCE_ROWS[benchmark].items():
+        lines.append(f"| {name} | " + " | ".join(_pct(ref.get(c)) for c in columns) + " |")
+    table = "\n".join(lines) + "\n"
+    if isinstance(metrics.get("subsets"), Mapping):
+        table += "\n| subset | accuracy |\n|---|---|\n"
+        table += "".join(f"| {s} | {_pct(a)} |\n" for s, a in metrics["subsets"].items())
+    return table
+
+
+def bar_chart(benchmark: str, model_name: str, metrics: Mapping[str, Any], path: Path) -> Path:
+    """A bar per category (ours, and the reference where published), percent on the y axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = {k: v for k, v in _headline(metrics).items() if v is not None}
+    rows = {model_name: ours, **REFERENCE_ROWS[benchmark]}
+    names = list(ours)
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 4))
+    for i, (label, values) in enumerate(rows.items()):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(names))]
+        ax.bar(xs, [100 * values.get(n, 0.0) for n in names], width, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(benchmark)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
+    """Score a benchmark with a reward model and write the report; return `output_dir`.
+
+    Writes `predictions.jsonl` (one metric row per example, scores included, so any metric can be recomputed),
+    `metrics.json`, `results.md` (our row beside the published ones), `categories.png` and `run_meta.json`.
+    """
+    cfg.validate()
+    from common.cli import write_run_meta
+    from reward.benchmarks import read_benchmark, scored_row
+    from reward.scorer import RewardScorer
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    examples = read_benchmark(cfg.benchmark, cfg.data_path, limit=cfg.limit)
+    options = {k: v for k, v in dataclasses.asdict(scorer_cfg).items() if k != "model_name_or_path"}
+    scorer = RewardScorer.from_pretrained(scorer_cfg.model_name_or_path, **options)
+    start = time.perf_counter()
+    scores = scorer.score_groups([e.group for e in examples])
+    seconds = time.perf_counter() - start
+    rows = [scored_row(cfg.benchmark, e, s) for e, s in zip(examples, scores)]
+    with open(out_dir / "predictions.jsonl", "w") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    metrics = METRICS[cfg.benchmark](rows)
+    model_name = Path(scorer_cfg.model_name_or_path.rstrip("/")).name
+    report = {"benchmark": cfg.benchmark, "model": scorer_cfg.model_name_or_path, "n_examples": len(rows),
+              "scoring_seconds": seconds, "metrics": metrics}  # fmt: skip
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(cfg.benchmark, model_name, metrics)
+    (out_dir / "results.md").write_text(f"# {cfg.benchmark}: {model_name} ({len(rows)} examples)\n\n{table}")
+    chart = bar_chart(cfg.benchmark, model_name, metrics, out_dir / "categories.png")
+    write_run_meta(out_dir, [cfg, scorer_cfg], n_examples=len(rows), scoring_seconds=seconds)
+    if cfg.report_to == "wandb":
+        _log_wandb(cfg, model_name, metrics, table, chart)
+    return out_dir
+
+
+def _log_wandb(cfg: EvalConfig, model_name: str, metrics: Mapping[str, Any], table: str, chart: Path) -> None:
+    import wandb
+
+    run = wandb.init(name=cfg.run_name or f"{model_name}-{cfg.benchmark}", job_type="eval", config=vars(cfg))
+    flat = {f"{cfg.benchmark}/{k}": v for k, v in _headline(metrics).items() if v is not None}
+    flat.update({f"{cfg.benchmark}/subsets/{k}": v for k, v in (metrics.get("subsets") or {}).items()})
+    run.log({**flat, f"{cfg.benchmark}/categories": wandb.Image(str(chart))})
+    run.summary["results_md"] = table
+    wandb.finish()

@@ -57,7 +57,10 @@ class ScorerConfig:
 
     model_name_or_path: str = field(
         default=None,
-        metadata={"help": "Reward model folder (ours or the Skywork-VL-Reward format) or a base Qwen2.5-VL folder."},
+        metadata={
+            "help": "Reward model folder (ours or the Skywork-VL-Reward format) or a base Qwen2.5-VL folder.",
+            "aliases": ["--model"],
+        },
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)."})
@@ -75,6 +78,8 @@ class ScorerConfig:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self):
+        if not self.model_name_or_path:
+            raise ValueError("model_name_or_path (--model) is required: a reward model or base Qwen2.5-VL folder")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
         if self.batch_size < 1:
