@@ -66,7 +66,14 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class VLRewardModel(Qwen2_5_VLPreTrainedModel):
-    """Qwen2.5-VL / Qwen2-VL backbone (`.model`, no LM head) and a scalar value head (`.v_head`)."""
+    """Qwen2.5-VL / Qwen2-VL backbone (`.model`, no LM head) and a scalar value head (`.v_head`).
+
+    `always_run_vision = True` (the trainer sets it) makes a batch without images still run the vision tower on a
+    blank 4-patch image and add `0 * its output` to the rewards: under ZeRO-3 every rank must gather the same
+    parameters in the same order, so a text-only batch on one rank and an image batch on another would hang.
+    """
+
+    always_run_vision: bool = False
 
     _no_split_modules = [
         "Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"
@@ -113,7 +120,19 @@ class VLRewardModel(Qwen2_5_VLPreTrainedModel):
             use_cache=False,
             **kwargs,
         )
-        return RewardModelOutput(rewards=self.score_hidden(out.last_hidden_state, attention_mask))
+        rewards = self.score_hidden(out.last_hidden_state, attention_mask)
+        if pixel_values is None and self.always_run_vision:
+            rewards = rewards + 0.0 * self._blank_image_features().sum()
+        return RewardModelOutput(rewards=rewards)
+
+    def _blank_image_features(self) -> torch.Tensor:
+        vision = self.config.vision_config
+        merge = vision.spatial_merge_size
+        grid = torch.tensor([[1, merge, merge]], device=self.device)  # the smallest grid: one merged token
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        pixels = torch.zeros(merge * merge, patch_dim, dtype=self.dtype, device=self.device)
+        features = self.model.get_image_features(pixels, grid, return_dict=True).pooler_output
+        return torch.cat(list(features))
 
     def reset_value_head(self, seed: int = 0) -> None:
         """Fresh head, deterministic in `seed`: weight ~ N(0, initializer_range), bias 0 (gathers under ZeRO-3)."""
@@ -194,10 +213,10 @@ def load_reward_model(
     """
     path = Path(path)
     config = AutoConfig.from_pretrained(path)
-    model = VLRewardModel.from_pretrained(path, config=config, dtype=dtype)
+    model, info = VLRewardModel.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True)
     if is_reward_checkpoint(path):
         model.load_value_head(load_file(path / VALUE_HEAD_FILE), source=str(path / VALUE_HEAD_FILE))
-    else:
+    elif any(k.startswith("v_head.") for k in info["missing_keys"]):  # a base VLM (a Trainer checkpoint has the head)
         model.reset_value_head(head_seed)
     model.to(device).eval()
     return model, load_processor(str(path), min_pixels=min_pixels, max_pixels=max_pixels)

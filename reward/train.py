@@ -1,0 +1,210 @@
+"""Train a VL reward model in stages on the transformers `Trainer` (DeepSpeed, wandb, checkpoints and resume).
+
+`train_reward_model(cfg)` runs `cfg`'s stages in order. Stage `k` loads the model stage `k-1` exported (stage 1 loads
+`cfg.model_name_or_path`), trains it on its mixture with one forward per step for chosen and rejected together,
+evaluates `cfg.eval_datasets`, and exports `<output_dir>/<stage>/model` in the released Skywork-VL-Reward format.
+Run the same command again after a kill: finished stages are skipped and the current one resumes from its last
+checkpoint (`<output_dir>/<stage>/checkpoint-N`, written every `save_steps`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from common.cli import write_run_meta
+from common.distributed import print0
+from common.io import SkipLog
+from reward.collator import RewardCollator
+from reward.config import RewardConfig, StageConfig
+from reward.data import eval_dataset, stage_dataset
+from reward.loss import pairwise_reward_loss
+from reward.model import VLRewardModel, is_reward_checkpoint, load_reward_model, save_reward_model
+
+SUMMARY_FILE = "stage_summary.json"  # written last into a stage's export: its presence marks the stage done
+LORA_TARGETS = r".*language_model\..*\.({})$"  # adapters on the LM only, never on the vision tower
+
+
+def apply_freezing(model: VLRewardModel, vision_tower: bool, merger: bool, language_model: bool) -> dict[str, int]:
+    """Set `requires_grad` by part (the head always trains); return trainable parameter counts per part."""
+    frozen = {"vision_tower": vision_tower, "merger": merger, "language_model": language_model, "head": False}
+    counts: dict[str, int] = defaultdict(int)
+    for name, param in model.named_parameters():
+        part = _part(name)
+        param.requires_grad_(not frozen[part])
+        counts[part] += param.numel() if param.requires_grad else 0
+    return dict(counts)
+
+
+def _part(name: str) -> str:
+    if name.startswith("v_head."):
+        return "head"
+    if name.startswith("model.visual.merger."):
+        return "merger"
+    if name.startswith("model.visual."):
+        return "vision_tower"
+    return "language_model"
+
+
+def _lora_config(cfg: RewardConfig):
+    from peft import LoraConfig
+
+    modules_to_save = ["v_head"] + ([] if cfg.freeze_merger else ["merger"])
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=LORA_TARGETS.format("|".join(cfg.lora_target_modules)),
+        modules_to_save=modules_to_save,
+    )
+
+
+def add_lora(model: VLRewardModel, cfg: RewardConfig):
+    """Wrap the model with LoRA adapters on the LM; the head (and the merger unless frozen) train in full."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, _lora_config(cfg))
+
+
+class VLRewardTrainer(Trainer):
+    """`Trainer` with the pairwise loss over `[chosen; rejected]` batches and reward metrics in the logs
+    (`loss`, `accuracy`, `margin`, `chosen_reward`, `rejected_reward`; `eval_*` when evaluating)."""
+
+    def __init__(self, *args, center_rewards_coefficient: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.center_rewards_coefficient = center_rewards_coefficient
+        self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        margin = inputs.pop("margin", None)
+        rewards = model(**inputs).rewards
+        chosen, rejected = rewards.chunk(2)  # the batch is [chosen; rejected]
+        out = pairwise_reward_loss(chosen, rejected, margin, self.center_rewards_coefficient)
+        pairs = self.accelerator.gather_for_metrics(torch.stack([chosen, rejected], dim=1).detach())
+        sums = self._sums["train" if model.training else "eval"]
+        sums["accuracy"] += (pairs[:, 0] > pairs[:, 1]).sum().item()
+        sums["margin"] += (pairs[:, 0] - pairs[:, 1]).sum().item()
+        sums["chosen_reward"] += pairs[:, 0].sum().item()
+        sums["rejected_reward"] += pairs[:, 1].sum().item()
+        sums["n"] += pairs.shape[0]
+        return (out.loss, rewards) if return_outputs else out.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad():
+            loss = self.compute_loss(model, dict(inputs))
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        sums = self._sums[mode]
+        if sums["n"]:
+            prefix = "eval_" if mode == "eval" else ""
+            logs.update({f"{prefix}{k}": v / sums["n"] for k, v in sums.items() if k != "n"})
+        sums.clear()
+        super().log(logs, start_time)
+
+
+def export_reward_model(trainer: Trainer, processor, path: Path, cfg: RewardConfig) -> None:
+    """Save the trained model in the released format; under ZeRO-3 the shards are gathered first (all ranks call)."""
+    engine = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
+    state_dict = trainer.accelerator.get_state_dict(engine)
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if cfg.use_lora:  # merge into a CPU copy: works whatever ZeRO stage partitioned the live model
+            from peft import get_peft_model
+
+            base = model.get_base_model()
+            plain = get_peft_model(VLRewardModel(base.config).to(base.dtype), _lora_config(cfg))
+            plain.load_state_dict(state_dict)
+            model = plain.merge_and_unload()
+            state_dict = model.state_dict()
+        save_reward_model(model, processor, path, state_dict=state_dict)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callbacks) -> tuple[Path, dict]:
+    args = cfg.for_stage(stage)  # built before the model: under ZeRO-3 it makes from_pretrained partition at load
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model, processor = load_reward_model(init_path, dtype=dtype, head_seed=cfg.head_seed,
+                                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)  # fmt: skip
+    model.always_run_vision = True  # same collectives on every rank under ZeRO-3, text-only batches included
+    trainable = apply_freezing(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
+    if cfg.use_lora:
+        model = add_lora(model, cfg)
+        if args.gradient_checkpointing:
+            model.enable_input_require_grads()
+    skipped = SkipLog()
+    train_ds = stage_dataset(stage, cfg, processor, skipped)
+    eval_ds = eval_dataset(cfg, processor, skipped)
+    trainer = VLRewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=RewardCollator(processor, cfg.max_length),
+        processing_class=processor,
+        callbacks=list(callbacks),
+        center_rewards_coefficient=cfg.center_rewards_coefficient,
+    )
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    print0(f"[reward] stage {stage.name}: {len(train_ds)} pairs from {init_path}"
+           + (f", resuming from {last}" if last else ""))  # fmt: skip
+    result = trainer.train(resume_from_checkpoint=last)
+    metrics = {"train_loss": result.training_loss, "global_step": result.global_step}
+    if eval_ds is not None:
+        metrics.update(trainer.evaluate())
+    export = Path(args.output_dir) / "model"
+    export_reward_model(trainer, processor, export, cfg)
+    summary = {
+        "stage": stage.name, "init_from": str(init_path), "n_train_pairs": len(train_ds),
+        "n_eval_pairs": len(eval_ds) if eval_ds is not None else 0, "trainable_params": trainable,
+        "skipped": skipped.to_dict(), "metrics": metrics, "deepspeed": trainer.is_deepspeed_enabled,
+        "world_size": args.world_size, "resumed_from": last,
+    }  # fmt: skip
+    if trainer.is_world_process_zero():
+        write_run_meta(export, [args])
+        (export / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    print0(f"[reward] stage {stage.name} done: {json.dumps(summary, default=str)}")
+    _release(trainer)
+    return export, summary
+
+
+def _release(trainer: Trainer) -> None:
+    """Free a finished stage's engine before the next stage builds its own (the process group stays up)."""
+    engine = trainer.model_wrapped if trainer.is_deepspeed_enabled else None
+    if engine is not None and hasattr(engine, "destroy"):
+        engine.destroy()
+    trainer.accelerator.free_memory()
+
+
+def stage_done(export: Path) -> bool:
+    return is_reward_checkpoint(export) and (export / SUMMARY_FILE).is_file()
+
+
+def train_reward_model(cfg: RewardConfig, callbacks=()) -> Path:
+    """Run every stage of `cfg` (skipping finished ones, resuming the interrupted one); return the last export.
+
+    Raises:
+        ValueError: the config is invalid (all problems listed), or a stage has no usable pairs.
+        common.schema.RecordError: a bad record with `on_bad_record="raise"`, naming the record and the field.
+    """
+    cfg.validate()
+    init_path = cfg.model_name_or_path
+    for stage in cfg.stage_configs():
+        export = Path(cfg.output_dir) / stage.name / "model"
+        if stage_done(export):
+            print0(f"[reward] stage {stage.name} already done: {export}")
+        else:
+            export, _ = _train_stage(cfg, stage, init_path, callbacks)
+        init_path = str(export)
+    if "wandb" in (cfg.report_to or []):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()  # the Trainer never does; without it an offline run has no summary
+    return Path(init_path)
