@@ -90,6 +90,8 @@ def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
         elif not state.exists() and out.exists() and cfg.overwrite:
             shutil.rmtree(out)
         (out / "chunks").mkdir(parents=True, exist_ok=True)
+        for leftover in (out / "chunks").glob(".*.tmp-*"):  # half-written files of a killed run
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         _write_json_atomic(state, wanted)
     _barrier()
     return out

@@ -1,0 +1,53 @@
+"""Fixtures of the data_builders tests: the tiny reward model, and deterministic stand-ins for sampler and scorer."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from data_builders.sampling import Candidates
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_path(tiny_vlm_path, tmp_path_factory):
+    """The tiny VLM with a freshly initialised (seeded) value head, saved in the reward checkpoint format."""
+    from reward.model import load_reward_model, save_reward_model
+
+    model, processor = load_reward_model(tiny_vlm_path)
+    return save_reward_model(model, processor, tmp_path_factory.mktemp("models") / "tiny-reward")
+
+
+class ChoiceSampler:
+    """Answers each toy prompt with one sentence per choice (the right one among them), in a seed-dependent order."""
+
+    def __init__(self, fail_ids=()):
+        self.fail_ids = set(fail_ids)
+        self.calls = []
+
+    def sample(self, prompt, params, seed):
+        self.calls.append(prompt["id"])
+        if prompt["id"] in self.fail_ids:
+            raise ValueError(f"{prompt['id']}: prompt longer than the model's context")
+        others = [c for c in prompt["choices"] if c != prompt["answer"]][: params.num_samples - 1]
+        picks = sorted([prompt["answer"], *others], key=lambda c: hashlib.sha256(f"{seed}/{c}".encode()).hexdigest())
+        texts = [f"It is {c}." for c in picks]
+        return Candidates(texts, [len(t.split()) for t in texts])
+
+
+class HashScorer:
+    """Scores in [0, 1) from a hash of (prompt text, response): deterministic, order-free; NaN for `nan_responses`."""
+
+    def __init__(self, nan_responses=()):
+        self.nan_responses = set(nan_responses)
+        self.groups = 0
+
+    def score_groups(self, groups):
+        self.groups += len(groups)
+        out = []
+        for g in groups:
+            key = str(g.prompt)
+            out.append([float("nan") if r in self.nan_responses else
+                        int(hashlib.sha256(f"{key}/{r}".encode()).hexdigest()[:8], 16) / 2**32
+                        for r in g.responses])  # fmt: skip
+        return out
