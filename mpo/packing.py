@@ -22,8 +22,22 @@ from typing import Any
 import torch
 from transformers import ProcessorMixin
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+from trl.trainer.utils import add_fused_lm_head
 
 IGNORE = -100
+
+
+def base_vlm(model):
+    """The Hugging Face VLM under any PEFT wrapper."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def ensure_fused_lm_head(model) -> None:
+    """Give the (unwrapped) VLM TRL's fused LM head once: `model(..., fused_lm_head=True)` returns log-probs."""
+    model = base_vlm(model)
+    if not getattr(model, "_has_fused_lm_head", False):
+        add_fused_lm_head(model)
+        model._has_fused_lm_head = True
 
 
 def render_pair(example: dict[str, Any], processor: ProcessorMixin) -> tuple[str, str, str]:
@@ -96,6 +110,24 @@ class PairCollator:
 
 
 @dataclass
+class BlankImage:
+    """A 2x2-patch blank image added (attended by nothing) to batches that have no image.
+
+    Under ZeRO-3 parameters are gathered collectively, module by module: a rank whose batch has no image would skip
+    the vision tower while the others run it, and the ranks would hang. With the blank image every rank runs the same
+    modules in the same order; it reaches no loss, so it changes no number.
+    """
+
+    image_token_id: int
+    patch_dim: int  # in_channels * temporal_patch_size * patch_size**2
+
+    @classmethod
+    def for_model(cls, config) -> BlankImage:
+        v = config.vision_config
+        return cls(config.image_token_id, v.in_channels * v.temporal_patch_size * v.patch_size**2)
+
+
+@dataclass
 class PackedPairs:
     """Model inputs for packed pairs plus where each response's labels sit."""
 
@@ -105,13 +137,16 @@ class PackedPairs:
     rejected_positions: torch.Tensor  # [B, L] bool
 
 
-def pack_pairs(batch: dict[str, torch.Tensor], rope_index: Callable, dtype: torch.dtype) -> PackedPairs:
+def pack_pairs(
+    batch: dict[str, torch.Tensor], rope_index: Callable, dtype: torch.dtype, blank_image: BlankImage | None = None
+) -> PackedPairs:
     """Build the packed rows (see module docstring) from a `PairCollator` batch.
 
     Args:
         batch: output of `PairCollator`.
         rope_index: the model's `get_rope_index` (Qwen2.5-VL), giving 3D positions of the prompts.
         dtype: dtype of the additive attention mask (the model's).
+        blank_image: if given and the batch has no image, append one masked-out image token (see `BlankImage`).
     """
     prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
     chosen_ids, chosen_mask = batch["chosen_input_ids"], batch["chosen_attention_mask"]
@@ -123,6 +158,12 @@ def pack_pairs(batch: dict[str, torch.Tensor], rope_index: Callable, dtype: torc
     input_ids = torch.cat([prompt_ids[:, :-1], last, chosen_ids, last, rejected_ids], dim=1)
     valid = torch.cat([prompt_mask[:, :-1], ones, chosen_mask, ones, rejected_mask], dim=1).bool()
     segment = torch.cat([torch.zeros(P - 1), torch.ones(1 + C), torch.full((1 + R,), 2)]).to(device)
+    add_blank = blank_image is not None and "pixel_values" not in batch
+    if add_blank:  # one extra column, an image token in row 0, seen by no query but itself
+        column = torch.full_like(last, blank_image.image_token_id)
+        input_ids = torch.cat([input_ids, column], dim=1)
+        valid = torch.cat([valid, torch.zeros_like(valid[:, :1])], dim=1)
+        segment = torch.cat([segment, torch.full((1,), 3, device=device)])
     L = input_ids.size(1)
 
     # Allowed attention: a real key, not in the future, in the prompt or in the query's own branch. Each query
@@ -145,10 +186,8 @@ def pack_pairs(batch: dict[str, torch.Tensor], rope_index: Callable, dtype: torc
         attention_mask=prompt_mask,
     )
     start = prompt_pos[:, :, -1:]
-    position_ids = torch.cat(
-        [prompt_pos[:, :, :-1], start + torch.arange(1 + C, device=device), start + torch.arange(1 + R, device=device)],
-        dim=2,
-    )
+    branches = [start + torch.arange(1 + C, device=device), start + torch.arange(1 + R, device=device)]
+    position_ids = torch.cat([prompt_pos[:, :, :-1], *branches] + ([start] if add_blank else []), dim=2)
 
     shift_labels = torch.full((B, L), IGNORE, dtype=prompt_ids.dtype, device=device)
     shift_labels[:, P - 1 : P - 1 + C] = chosen_ids.masked_fill(chosen_mask == 0, IGNORE)
@@ -162,6 +201,10 @@ def pack_pairs(batch: dict[str, torch.Tensor], rope_index: Callable, dtype: torc
     for key in ("pixel_values", "image_grid_thw"):
         if key in batch:
             model_inputs[key] = batch[key]
+    if add_blank:
+        model_inputs["input_ids"][1:, -1] = prompt_ids[1:, 0]  # rows after the first: any token, it is masked
+        model_inputs["pixel_values"] = torch.zeros(4, blank_image.patch_dim, dtype=dtype, device=device)
+        model_inputs["image_grid_thw"] = torch.tensor([[1, 2, 2]], device=device)
     return PackedPairs(model_inputs, shift_labels, chosen_positions, rejected_positions)
 
 
@@ -175,13 +218,19 @@ class PairLogps:
     rejected_lengths: torch.Tensor
 
 
-def pair_logps(model, batch: dict[str, torch.Tensor], rope_index: Callable, dtype: torch.dtype) -> PairLogps:
+def pair_logps(
+    model,
+    batch: dict[str, torch.Tensor],
+    rope_index: Callable,
+    dtype: torch.dtype,
+    blank_image: BlankImage | None = None,
+) -> PairLogps:
     """Log-probabilities of both responses of each pair in one packed forward.
 
     `model` must carry TRL's fused LM head (`trl.trainer.utils.add_fused_lm_head`); it may be wrapped (DeepSpeed,
-    PEFT).
+    PEFT). Arguments as in `pack_pairs`.
     """
-    packed = pack_pairs(batch, rope_index, dtype)
+    packed = pack_pairs(batch, rope_index, dtype, blank_image)
     out = model(**packed.model_inputs, shift_labels=packed.shift_labels, fused_lm_head=True, use_cache=False)
     log_probs = out.log_probs[:, -packed.shift_labels.size(1) :]
     return PairLogps(

@@ -3,16 +3,16 @@
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText
-from trl.trainer.utils import add_fused_lm_head
 
 from common.io import read_records
 from common.processor import load_processor
+from mpo.packing import ensure_fused_lm_head
 
 
 @pytest.fixture(scope="session")
 def tiny_policy(tiny_vlm_path):
     model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_path, dtype=torch.float32).eval()
-    add_fused_lm_head(model)
+    ensure_fused_lm_head(model)
     return model, load_processor(str(tiny_vlm_path))
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-from mpo.packing import PairCollator, pack_pairs, pair_logps
+from mpo.packing import BlankImage, PairCollator, pack_pairs, pair_logps
 
 
 def _trl_logps(model, processor, examples):
@@ -64,3 +64,18 @@ def test_truncation_cuts_responses_never_the_prompt(tiny_policy, toy_pairs):
     assert int(cut["chosen_attention_mask"].sum()) == 2 and int(cut["rejected_attention_mask"].sum()) == 2
     with pytest.raises(ValueError, match=r"record 'toy-train-color-000000', field 'prompt'.*16 of them image tokens"):
         PairCollator(processor, max_length=prompt_len)(toy_pairs[:1])
+
+
+def test_blank_image_on_text_only_batches_changes_nothing(tiny_policy, toy_pairs):
+    model, processor = tiny_policy
+    batch = PairCollator(processor)([toy_pairs[3], toy_pairs[7]])  # two text-only pairs
+    assert "pixel_values" not in batch
+    blank = BlankImage.for_model(model.config)
+    packed = pack_pairs(batch, model.model.get_rope_index, torch.float32, blank)
+    assert packed.model_inputs["pixel_values"].shape == (4, blank.patch_dim)
+    assert (packed.model_inputs["input_ids"] == model.config.image_token_id).sum() == 1
+    with torch.no_grad():
+        plain = pair_logps(model, batch, model.model.get_rope_index, torch.float32)
+        blanked = pair_logps(model, batch, model.model.get_rope_index, torch.float32, blank)
+    assert torch.allclose(plain.chosen, blanked.chosen, atol=1e-5)
+    assert torch.allclose(plain.rejected, blanked.rejected, atol=1e-5)

@@ -1,0 +1,126 @@
+"""`MPOConfig`: TRL's `DPOConfig` with the MPO loss as default and the options of our MPO job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+MPO_LOSS_TYPES = ["sigmoid", "bco_pair", "sft"]
+
+
+@dataclass
+class MPOConfig(DPOConfig):
+    """Configuration of `mpo.train.train_mpo` (and of `MPOTrainer`).
+
+    The MPO loss is `loss_weights[0] * DPO (sigmoid) + loss_weights[1] * BCO (with the running reward shift delta)
+    + loss_weights[2] * SFT`, defaults 0.8 / 0.2 / 1.0 and `beta` 0.1 (InternVL's MPO). TRL's `bco_pair` has no
+    delta; ours follows the paper (see `mpo.loss`). Reference log-probs are always precomputed once (cached beside
+    the dataset, keyed by dataset and reference model), so no reference model is held during training.
+
+    > Model and data
+
+    model_name_or_path (`str`): the policy (a local folder or hub id). No default.
+    train_data (`str`): preference records (`.jsonl`, `.parquet` or a `datasets` folder) in the toolkit's schema.
+    """
+
+    # The MPO loss (TRL's multi-loss fields with MPO's values).
+    loss_type: list[str] = field(
+        default_factory=lambda: list(MPO_LOSS_TYPES),
+        metadata={"help": "Must be ['sigmoid', 'bco_pair', 'sft'] (MPO: preference, quality, generation)."},
+    )
+    loss_weights: list[float] = field(
+        default_factory=lambda: [0.8, 0.2, 1.0],
+        metadata={"help": "Weights of the DPO, BCO and SFT terms (MPO paper: 0.8, 0.2, 1.0)."},
+    )
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={"help": "Always true here: reference log-probs are computed once before training and cached."},
+    )
+    learning_rate: float = field(default=5e-6, metadata={"help": "Peak AdamW learning rate (InternVL MPO: 5e-6)."})
+
+    # Model and data.
+    model_name_or_path: str | None = field(default=None, metadata={"help": "The policy to train (folder or hub id)."})
+    ref_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Reference model for the log-ratios; default: the starting policy."}
+    )
+    train_data: str | None = field(
+        default=None, metadata={"help": "Preference records (.jsonl, .parquet or datasets folder) to train on."}
+    )
+    on_bad_record: str = field(
+        default="raise", metadata={"help": "'raise' stops at the first bad record; 'skip' drops and counts it."}
+    )
+    min_pixels: int | None = field(default=None, metadata={"help": "Lower bound on image area (processor default)."})
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Upper bound on image area; fewer pixels = fewer image tokens, less memory."}
+    )
+    ref_logps_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the precomputed reference log-probs are cached; default: '<train_data>.ref_logps'."},
+    )
+    ref_batch_size: int = field(default=4, metadata={"help": "Pairs per forward in the reference log-prob pass."})
+
+    # What trains.
+    freeze_vision_tower: bool = field(default=False, metadata={"help": "Freeze the ViT blocks and patch embedding."})
+    freeze_merger: bool = field(default=False, metadata={"help": "Freeze the vision-language merger (projector)."})
+    freeze_language_model: bool = field(
+        default=False, metadata={"help": "Freeze the language model (decoder layers, embeddings and LM head)."}
+    )
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of the weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (higher: more capacity and memory)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "Language-model modules that get adapters (names inside the decoder layers)."},
+    )
+
+    # Evaluation hook and tracking.
+    eval_prompts: str | None = field(
+        default=None, metadata={"help": "Held-out prompt records (with answer/choices) scored after training."}
+    )
+    eval_pairs: str | None = field(
+        default=None, metadata={"help": "Held-out preference records: reports how often log p(chosen) > log p(rej)."}
+    )
+    eval_every_n_steps: int = field(
+        default=0, metadata={"help": "Also run the evaluation hook every N steps (0: off)."}
+    )
+    eval_max_new_tokens: int = field(default=16, metadata={"help": "Greedy generation length for eval prompts."})
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "wandb project (with report_to=wandb); WANDB_MODE=offline works."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.resume_from_checkpoint in ("true", "True"):
+            self.resume_from_checkpoint = True
+
+    def validate(self) -> None:
+        """Check everything that can be checked before loading anything; one error lists every problem."""
+        problems = []
+        if not self.model_name_or_path:
+            problems.append("model_name_or_path: required (the policy folder or hub id)")
+        if not self.train_data:
+            problems.append("train_data: required (preference records in the toolkit schema)")
+        if list(self.loss_type) != MPO_LOSS_TYPES:
+            problems.append(f"loss_type: MPO needs {MPO_LOSS_TYPES}, got {self.loss_type}")
+        if self.loss_weights is None or len(self.loss_weights) != 3:
+            problems.append(f"loss_weights: three weights (DPO, BCO, SFT) needed, got {self.loss_weights}")
+        if not self.precompute_ref_log_probs:
+            problems.append("precompute_ref_log_probs: must be true (MPOTrainer holds no reference model)")
+        if self.on_bad_record not in ("raise", "skip"):
+            problems.append(f"on_bad_record: 'raise' or 'skip', got {self.on_bad_record!r}")
+        unsupported = {
+            "ld_alpha": (self.ld_alpha, None),
+            "f_divergence_type": (self.f_divergence_type, "reverse_kl"),
+            "use_weighting": (self.use_weighting, False),
+            "sync_ref_model": (self.sync_ref_model, False),
+            "truncation_mode": (self.truncation_mode, "keep_start"),
+        }
+        for name, (value, default) in unsupported.items():
+            if value != default:
+                problems.append(f"{name}: not supported by MPOTrainer, leave it at {default!r} (got {value!r})")
+        if self.use_lora and self.freeze_language_model:
+            problems.append("freeze_language_model: LoRA already freezes the base weights; set one of the two")
+        if problems:
+            raise ValueError("invalid MPO config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,129 @@
+"""The evaluation hook: how good is the policy on held-out data.
+
+* `pairs`: the fraction of held-out preference pairs where the policy gives the chosen response a higher
+  log-probability than the rejected one (`pair_accuracy`), from one packed forward per batch.
+* `prompts`: greedy answers to held-out prompts; where a prompt record has `answer` (and `choices`), `accuracy` is
+  the fraction judged correct by `common.toy_task.is_correct`; with a `scorer`, `mean_reward` is the mean of its
+  scores. `mpo` does not import `reward`: the recipe may pass `reward.scorer`'s scorer (any callable taking a list of
+  `{"id", "prompt", "images", "response"}` dicts and returning one float each).
+
+Every rank scores its share (every `world_size`-th record) and the sums are all-reduced. Under ZeRO-3 the weights are
+gathered on each rank for the duration (generation runs a different number of steps per rank).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+from transformers import ProcessorMixin
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+from common.toy_task import is_correct
+from mpo.packing import PairCollator, base_vlm, ensure_fused_lm_head, pair_logps
+
+Scorer = Callable[[Sequence[dict]], Sequence[float]]
+
+
+def _shard(n: int) -> range:
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return range(rank, n, world)
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _gathered(model):
+    if is_deepspeed_zero3_enabled() and dist.is_initialized():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def pair_accuracy(model, processor: ProcessorMixin, pairs: Dataset, batch_size: int = 8, max_length=None) -> dict:
+    """`{"pair_accuracy", "pairs"}`: how often log p(chosen) > log p(rejected) under `model`."""
+    ensure_fused_lm_head(model)
+    collator, device = PairCollator(processor, max_length), model.device
+    idx = list(_shard(len(pairs)))
+    wins = 0
+    for start in range(0, len(idx), batch_size):
+        batch = {k: v.to(device) for k, v in collator([pairs[i] for i in idx[start : start + batch_size]]).items()}
+        logps = pair_logps(model, batch, base_vlm(model).model.get_rope_index, base_vlm(model).dtype)
+        wins += int((logps.chosen > logps.rejected).sum())
+    wins, n = _all_sum([wins, len(idx)], device)
+    return {"pair_accuracy": wins / max(n, 1), "pairs": int(n)}
+
+
+@torch.no_grad()
+def generate_answers(model, processor: ProcessorMixin, records: list[dict], max_new_tokens: int) -> list[str]:
+    """Greedy responses to prompt records (left-padded batch)."""
+    texts = [processor.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in records]
+    images = [r.get("images") or [] for r in records]
+    inputs = processor(
+        text=texts, images=images if any(images) else None, padding=True, padding_side="left", return_tensors="pt"
+    ).to(model.device)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(out[:, inputs["input_ids"].size(1) :], skip_special_tokens=True)
+
+
+def prompt_metrics(
+    model,
+    processor: ProcessorMixin,
+    prompts: Dataset,
+    scorer: Scorer | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+) -> dict:
+    """`{"accuracy", "judged", "mean_reward", "prompts"}` from greedy answers (keys present when computable)."""
+    idx = list(_shard(len(prompts)))
+    correct = judged = reward_sum = 0.0
+    for start in range(0, len(idx), batch_size):
+        records = [prompts[i] for i in idx[start : start + batch_size]]
+        responses = generate_answers(model, processor, records, max_new_tokens)
+        for rec, resp in zip(records, responses):
+            if rec.get("answer") is not None:
+                judged += 1
+                correct += is_correct(resp, rec["answer"], rec.get("choices") or [rec["answer"]])
+        if scorer is not None:
+            scored = [{"id": r["id"], "prompt": r["prompt"], "images": r["images"], "response": s}
+                      for r, s in zip(records, responses)]  # fmt: skip
+            reward_sum += float(sum(scorer(scored)))
+    correct, judged, reward_sum, n = _all_sum([correct, judged, reward_sum, len(idx)], model.device)
+    out = {"prompts": int(n)}
+    if judged:
+        out.update(accuracy=correct / judged, judged=int(judged))
+    if scorer is not None:
+        out["mean_reward"] = reward_sum / max(n, 1)
+    return out
+
+
+def evaluate_policy(
+    model,
+    processor: ProcessorMixin,
+    pairs: Dataset | None = None,
+    prompts: Dataset | None = None,
+    scorer: Scorer | None = None,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> dict:
+    """Run the evaluation hook on the (unwrapped) VLM; every rank must call it. Returns the metrics."""
+    was_training = model.training
+    model.eval()
+    metrics = {}
+    with _gathered(model):
+        if pairs is not None:
+            metrics.update(pair_accuracy(model, processor, pairs, batch_size, max_length))
+        if prompts is not None:
+            metrics.update(prompt_metrics(model, processor, prompts, scorer, max_new_tokens, batch_size))
+    model.train(was_training)
+    return metrics

@@ -1,0 +1,178 @@
+"""Reference log-probs computed once, sharded across ranks, cached beside the dataset.
+
+TRL refuses `precompute_ref_log_probs` for image datasets, so image DPO pays a reference forward and holds a second
+model on every step. Here one pass (each rank takes every `world_size`-th pair, packed so each image is encoded once)
+writes `<train_data>.ref_logps/<key>.parquet`. The key hashes everything the numbers depend on: the dataset's files
+and record ids, the reference model's files, the processor's image bounds and chat template, `max_length`, the dtype
+and the packing format. Change any of them and the pass runs again; otherwise training starts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+from transformers import AutoModelForImageTextToText, ProcessorMixin
+
+from mpo.packing import PairCollator, ensure_fused_lm_head, pair_logps
+
+FORMAT_VERSION = 1  # bump when the packed forward or the stored columns change
+
+
+def hash_path(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of every file under a folder (relative names and contents, in sorted order)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _data_files(data_path: Path) -> list[Path]:
+    """The dataset's own files: a JSONL file keeps its images in a `<stem>.images/` folder beside it."""
+    images = data_path.with_name(f"{data_path.stem}.images")
+    return [data_path] + ([images] if data_path.is_file() and images.is_dir() else [])
+
+
+def ref_logps_key(
+    dataset: Dataset,
+    data_path: str | os.PathLike,
+    ref_model: str,
+    processor: ProcessorMixin,
+    max_length: int | None,
+    dtype: torch.dtype,
+) -> str:
+    """The cache key: a hash of everything the reference log-probs depend on (see module docstring)."""
+    parts = {
+        "format": FORMAT_VERSION,
+        "data": [hash_path(p) for p in _data_files(Path(data_path))],
+        "ids": hashlib.sha256("\n".join(dataset["id"]).encode()).hexdigest(),
+        "ref_model": hash_path(ref_model) if Path(ref_model).exists() else ref_model,
+        "image_size": dict(processor.image_processor.size),
+        "chat_template": hashlib.sha256((processor.chat_template or "").encode()).hexdigest(),
+        "max_length": max_length,
+        "dtype": str(dtype),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def default_cache_dir(data_path: str | os.PathLike) -> Path:
+    data_path = Path(data_path)
+    return data_path.with_name(data_path.name + ".ref_logps")
+
+
+@contextlib.contextmanager
+def _plain_loading():
+    """Load a full (unpartitioned) model even when a ZeRO-3 config is active: HF would wrap `from_pretrained` in
+    `zero.Init`, and a partitioned model cannot run a forward outside a DeepSpeed engine."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def compute_ref_logps(
+    model,
+    dataset: Dataset,
+    collator: PairCollator,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[int, tuple[float, float]]:
+    """This rank's shard (every `world_size`-th pair from `rank`): {index: (ref chosen, ref rejected)}."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    rope_index = model.model.get_rope_index
+    indices = list(range(rank, len(dataset), world_size))
+    out = {}
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        batch = collator([dataset[i] for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logps = pair_logps(model, batch, rope_index, dtype)
+        for i, c, r in zip(idx, logps.chosen.float().tolist(), logps.rejected.float().tolist()):
+            out[i] = (c, r)
+    return out
+
+
+def attach_ref_logps(
+    dataset: Dataset,
+    data_path: str | os.PathLike,
+    ref_model: str,
+    processor: ProcessorMixin,
+    max_length: int | None,
+    dtype: torch.dtype,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 4,
+) -> tuple[Dataset, dict]:
+    """The dataset with `ref_chosen_logps` / `ref_rejected_logps` columns, from the cache or from one pass.
+
+    Under a launcher every rank must call this (the pass is sharded; rank 0 writes the cache file).
+
+    Returns:
+        The dataset and a report: `{"key", "path", "cached": bool}`.
+    """
+    key = ref_logps_key(dataset, data_path, ref_model, processor, max_length, dtype)
+    path = Path(cache_dir or default_cache_dir(data_path)) / f"{key}.parquet"
+    cached = path.exists()
+    if not cached:
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        with _plain_loading():
+            model = AutoModelForImageTextToText.from_pretrained(ref_model, dtype=dtype)
+        ensure_fused_lm_head(model)
+        model.to(_device()).eval()
+        shard = compute_ref_logps(model, dataset, PairCollator(processor, max_length), batch_size, rank, world)
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        shards = [None] * world
+        if world > 1:
+            dist.all_gather_object(shards, shard)
+        else:
+            shards = [shard]
+        if rank == 0:
+            merged = {i: v for s in shards for i, v in s.items()}
+            table = Dataset.from_dict(
+                {
+                    "index": list(range(len(dataset))),
+                    "ref_chosen_logps": [merged[i][0] for i in range(len(dataset))],
+                    "ref_rejected_logps": [merged[i][1] for i in range(len(dataset))],
+                }
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            table.to_parquet(str(tmp))
+            os.replace(tmp, path)  # atomic: a killed pass leaves no half file
+            meta = {"data": str(data_path), "ref_model": str(ref_model), "n": len(dataset), "dtype": str(dtype)}
+            path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        if world > 1:
+            dist.barrier()
+    table = Dataset.from_parquet(str(path))
+    if len(table) != len(dataset):
+        raise ValueError(f"{path}: {len(table)} reference log-probs for {len(dataset)} pairs; delete the file")
+    dataset = dataset.add_column("ref_chosen_logps", table["ref_chosen_logps"])
+    dataset = dataset.add_column("ref_rejected_logps", table["ref_rejected_logps"])
+    return dataset, {"key": key, "path": str(path), "cached": cached}

@@ -1,0 +1,175 @@
+"""`train_mpo(cfg)`: the MPO job from records on disk to a saved model that `transformers` loads.
+
+Order: validate the config; read and validate the pairs; precompute (or load) the reference log-probs; load the
+policy (under ZeRO-3 inside `zero.Init`) and freeze / wrap it with LoRA; train with `MPOTrainer` (resuming if asked);
+save the final model (LoRA merged into the base weights, the adapter kept beside it); run the evaluation hook; write
+`run_meta.json`. Every rank calls it under a launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, TrainerCallback
+
+from common.cli import write_run_meta
+from common.distributed import print0, shutdown
+from common.io import SkipLog, read_records
+from common.processor import load_processor
+from mpo.config import MPOConfig
+from mpo.evaluate import Scorer, evaluate_policy
+from mpo.ref_logps import attach_ref_logps
+from mpo.trainer import MPOTrainer
+
+
+def freeze_parts(model, vision_tower: bool, merger: bool, language_model: bool) -> None:
+    """Turn off gradients for the chosen parts of a Qwen2.5-VL (`model.visual`, its `merger`, the LM + head)."""
+    visual = model.model.visual
+    if vision_tower:
+        for name, p in visual.named_parameters():
+            if not name.startswith("merger."):
+                p.requires_grad_(False)
+    if merger:
+        visual.merger.requires_grad_(False)
+    if language_model:
+        model.model.language_model.requires_grad_(False)
+        model.lm_head.requires_grad_(False)
+
+
+def load_policy(cfg: MPOConfig, dtype: torch.dtype):
+    """The policy, frozen in parts or wrapped with LoRA adapters on the language model as configured."""
+    model = AutoModelForImageTextToText.from_pretrained(cfg.model_name_or_path, dtype=dtype)
+    freeze_parts(model, cfg.freeze_vision_tower, cfg.freeze_merger, cfg.freeze_language_model)
+    if not cfg.use_lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    # Adapters only in the language model: the vision blocks also have modules named q/k/v/gate/up/down.
+    targets = "|".join(cfg.lora_target_modules)
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=rf".*language_model.*\.({targets})",
+    )
+    # ZeRO-3 gathers parameters in the dtype of the first one: keep adapters in the base dtype (as TRL does).
+    zero3 = cfg.deepspeed_plugin is not None and cfg.deepspeed_plugin.zero_stage == 3
+    model = get_peft_model(model, lora, autocast_adapter_dtype=not zero3)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+class _EvalEveryNSteps(TrainerCallback):
+    def __init__(self, every: int, run):
+        self.every, self.run = every, run
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self.run(state.global_step)
+
+
+def _save_final(trainer: MPOTrainer, cfg: MPOConfig, processor, dtype: torch.dtype) -> Path:
+    out = Path(cfg.output_dir)
+    if not cfg.use_lora:
+        trainer.save_model(str(out))
+    else:
+        trainer.save_model(str(out / "adapter"))
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():  # merge on a fresh copy of the base: works for any ZeRO stage
+            from peft import PeftModel
+
+            base = AutoModelForImageTextToText.from_pretrained(cfg.model_name_or_path, dtype=dtype)
+            PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload().save_pretrained(str(out))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(out))
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[TrainerCallback] | None = None) -> Path:
+    """Train a Qwen2.5-VL policy with MPO; returns the output folder (final model, processor, `run_meta.json`).
+
+    Ends by tearing down the DeepSpeed engine and the process group (`common.distributed.shutdown`), so under a
+    launcher it is the last distributed call of the process.
+
+    Args:
+        cfg: the job's config (`MPOConfig`).
+        scorer: optional reward scorer for the evaluation hook (see `mpo.evaluate`).
+        callbacks: extra `TrainerCallback`s.
+
+    Raises:
+        ValueError: an invalid config (every problem listed), or an `output_dir` holding a finished run while not
+            resuming.
+        common.schema.RecordError: a bad record with `on_bad_record="raise"`.
+    """
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    if (out / "run_meta.json").exists() and not cfg.resume_from_checkpoint:
+        raise ValueError(f"output_dir {out} holds a finished run; choose another or set resume_from_checkpoint")
+    if cfg.wandb_project:
+        os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    processor = load_processor(cfg.model_name_or_path, cfg.min_pixels, cfg.max_pixels)
+
+    skipped = SkipLog()
+    dataset = read_records(cfg.train_data, "preference", on_error=cfg.on_bad_record, skipped=skipped)
+    if skipped.total:
+        print0(f"skipped {skipped.total} bad records: {dict(skipped.counts)}")
+    dataset, ref_report = attach_ref_logps(
+        dataset,
+        cfg.train_data,
+        cfg.ref_model_name_or_path or cfg.model_name_or_path,
+        processor,
+        cfg.max_length,
+        dtype,
+        cfg.ref_logps_dir,
+        cfg.ref_batch_size,
+    )
+    print0(f"reference log-probs: {'cached' if ref_report['cached'] else 'computed'} -> {ref_report['path']}")
+
+    eval_pairs = read_records(cfg.eval_pairs) if cfg.eval_pairs else None
+    eval_prompts = read_records(cfg.eval_prompts, "prompt") if cfg.eval_prompts else None
+    history = []
+
+    def run_eval(step: int) -> dict:
+        metrics = evaluate_policy(
+            trainer.model, processor, eval_pairs, eval_prompts, scorer, cfg.eval_max_new_tokens,
+            cfg.per_device_eval_batch_size, cfg.max_length,
+        )  # fmt: skip
+        history.append({"step": step, **metrics})
+        print0(f"eval at step {step}: {metrics}")
+        return metrics
+
+    callbacks = list(callbacks or [])
+    if eval_pairs or eval_prompts:
+        callbacks.append(_EvalEveryNSteps(cfg.eval_every_n_steps, run_eval))
+    trainer = MPOTrainer(load_policy(cfg, dtype), cfg, dataset, processor, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint or None)
+    _save_final(trainer, cfg, processor, dtype)
+    final_eval = run_eval(trainer.state.global_step) if (eval_pairs or eval_prompts) else {}
+
+    if trainer.is_world_process_zero():
+        losses = [
+            {k: h[k] for k in ("step", "loss", "loss/dpo", "loss/bco", "loss/sft", "bco_delta") if k in h}
+            for h in trainer.state.log_history
+            if "loss" in h
+        ]
+        (out / "mpo_history.json").write_text(json.dumps({"train": losses, "eval": history}, indent=2))
+        write_run_meta(out, [cfg], pairs=len(dataset), skipped=skipped.to_dict(), ref_logps=ref_report,
+                       bco_delta=trainer.delta.value, eval=final_eval)  # fmt: skip
+    _finish_wandb()
+    shutdown(trainer)
+    return out
+
+
+def _finish_wandb() -> None:
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()
