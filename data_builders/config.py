@@ -10,7 +10,7 @@ from data_builders.sources import FORMATS
 
 # Fields that do not change what the job writes: a rerun may change them and still resume.
 RUN_ONLY_FIELDS = ("output_dir", "overwrite", "progress", "report_to", "wandb_project", "run_name", "device",
-                   "score_batch_size")  # fmt: skip
+                   "score_batch_size", "local_rank")  # fmt: skip
 
 
 @dataclass
@@ -59,6 +59,9 @@ class BuildPairsConfig:
     report_to: str = field(default="none", metadata={"help": "'none' or 'wandb' (the report's counts and histograms)."})
     wandb_project: str = field(default="vlrm-mpo", metadata={"help": "wandb project (with report_to=wandb)."})
     run_name: str | None = field(default=None, metadata={"help": "wandb run name (default: output_dir's name)."})
+    local_rank: int = field(
+        default=-1, metadata={"help": "Passed by the deepspeed launcher; unused (ranks come from the process group)."}
+    )
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(num_samples=self.num_samples, temperature=self.temperature, top_p=self.top_p,
