@@ -134,3 +134,11 @@ def test_shipped_configs_parse(name):
                                                 "--reward_model_name_or_path", "r", "--output_dir", "o"])  # fmt: skip
     cfg.validate()
     assert set(yaml.safe_load(open(path))) <= set(vars(cfg))
+
+
+def test_report_to_wandb_offline(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg(toy_data["prompts_eval"], tmp_path / "out", max_prompts=4, report_to="wandb", run_name="t")
+    pairs = build_pairs(cfg, sampler=ChoiceSampler(), scorer=HashScorer())
+    runs = list((pairs.parent / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
