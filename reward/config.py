@@ -56,15 +56,14 @@ def _stage_from_dict(raw: Any, index: int) -> tuple[StageConfig | None, list[str
     problems = [f"{where}: unknown key {k!r} (known: {sorted(known)})" for k in raw if k not in known]
     raw = {"name": f"stage{index + 1}", **raw}
     datasets = raw.get("datasets")
-    if not isinstance(datasets, dict) or not datasets:
-        problems.append(f"{where}.datasets: expected a non-empty mapping path -> weight, got {datasets!r}")
-    else:
-        for path, weight in datasets.items():
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
-                problems.append(f"{where}.datasets[{path!r}]: the weight must be a positive number, got {weight!r}")
-    if problems:
-        return None, problems
-    return StageConfig(**{k: v for k, v in raw.items() if k in known}), []
+    bad = [f"{where}.datasets: expected a non-empty mapping path -> weight, got {datasets!r}"]
+    if isinstance(datasets, dict) and datasets:
+        bad = [f"{where}.datasets[{path!r}]: the weight must be a positive number, got {weight!r}"
+               for path, weight in datasets.items()
+               if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0]  # fmt: skip
+    if bad:
+        return None, problems + bad
+    return StageConfig(**{k: v for k, v in raw.items() if k in known}), problems
 
 
 @dataclass

@@ -111,18 +111,25 @@ class VLRewardModel(Qwen2_5_VLPreTrainedModel):
         kwargs.pop("labels", None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        # The vision tower runs first, outside the backbone's forward, for image and text-only batches alike (a blank
+        # image for the latter): ZeRO-3 checks that every rank enters the same modules in the same order.
+        encoded, blank = None, None
+        if pixel_values is not None:
+            encoded = {"image": self.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)}
+        elif self.always_run_vision:
+            blank = self._blank_image_features().sum()
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
             mm_token_type_ids=mm_token_type_ids,
+            mm_encoder_outputs=encoded,
             use_cache=False,
             **kwargs,
         )
         rewards = self.score_hidden(out.last_hidden_state, attention_mask)
-        if pixel_values is None and self.always_run_vision:
-            rewards = rewards + 0.0 * self._blank_image_features().sum()
+        if blank is not None:
+            rewards = rewards + 0.0 * blank
         return RewardModelOutput(rewards=rewards)
 
     def _blank_image_features(self) -> torch.Tensor:

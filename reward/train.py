@@ -37,7 +37,7 @@ def apply_freezing(model: VLRewardModel, vision_tower: bool, merger: bool, langu
     for name, param in model.named_parameters():
         part = _part(name)
         param.requires_grad_(not frozen[part])
-        counts[part] += param.numel() if param.requires_grad else 0
+        counts[part] += getattr(param, "ds_numel", param.numel()) if param.requires_grad else 0  # ZeRO-3: full size
     return dict(counts)
 
 
@@ -136,7 +136,7 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
     trainable = apply_freezing(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
     if cfg.use_lora:
         model = add_lora(model, cfg)
-        if args.gradient_checkpointing:
+        if args.activation_checkpointing:
             model.enable_input_require_grads()
     skipped = SkipLog()
     train_ds = stage_dataset(stage, cfg, processor, skipped)

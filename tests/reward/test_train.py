@@ -1,0 +1,152 @@
+"""Reward training in one process (no launcher): config checks, data handling, freezing, LoRA, resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from common.cli import parse_configs
+from common.io import SkipLog, read_records, write_records
+from common.schema import RecordError
+from reward.collator import RewardCollator
+from reward.config import RewardConfig
+from reward.data import _weighted, filter_long_pairs, pair_lengths, read_pairs
+from reward.model import load_reward_model
+from reward.pair_eval import pair_metrics
+from reward.train import SUMMARY_FILE, train_reward_model
+from tests.launch import REPO
+
+
+def _config(tmp_path, model, stages, **kw) -> RewardConfig:
+    defaults = dict(use_cpu=True, report_to="none", learning_rate=1e-3, logging_steps=1, max_length=512,
+                    per_device_train_batch_size=2, save_steps=2, seed=0)  # fmt: skip
+    return RewardConfig(output_dir=str(tmp_path / "run"), model_name_or_path=str(model), stages=stages,
+                        **{**defaults, **kw})  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["reward_tiny.yaml", "reward_qwen2_5_vl_7b.yaml"])
+def test_shipped_configs_parse(name):
+    args = ["--config", str(REPO / "recipes/configs" / name), "--model_name_or_path", "m"]
+    (cfg,) = parse_configs([RewardConfig], args + ["--use_cpu", "True", "--bf16", "False", "--report_to", "none"])
+    stages = cfg.stage_configs()
+    assert [s.name for s in stages] == ["multimodal", "with_text"]
+    if "7b" in name:  # the paper: stage 1 lr 1e-5 multimodal only; stage 2 lr 1e-6 adds text-only; 2 epochs, batch 1
+        assert cfg.for_stage(stages[0]).learning_rate == 1e-5 and cfg.for_stage(stages[1]).learning_rate == 1e-6
+        assert cfg.num_train_epochs == 2 and cfg.per_device_train_batch_size == 1 and cfg.freeze_vision_tower
+        assert set(stages[0].datasets) < set(stages[1].datasets)
+
+
+def test_validate_lists_every_problem(tmp_path):
+    cfg = RewardConfig(output_dir=str(tmp_path), use_cpu=True, stages=json.dumps([
+        {"name": "a", "datasets": {str(tmp_path / "nope"): 1.0}, "lr": 1},
+        {"name": "a", "datasets": {str(tmp_path): -1}},
+    ]))  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        cfg.validate()
+    msg = str(err.value)
+    for needle in ("model_name_or_path: required", "unknown key 'lr'", "weight must be a positive number", "nope"):
+        assert needle in msg, needle
+
+
+def test_mixing_weights_scale_the_dataset(toy_data):
+    ds = read_records(toy_data["pairs_eval"])  # 16 records
+    assert len(_weighted(ds, 0.5, seed=0)) == 8 and len(set(_weighted(ds, 0.5, seed=0)["id"])) == 8
+    doubled = _weighted(ds, 2.0, seed=0)["id"]
+    assert len(doubled) == 32 and all(doubled.count(i) == 2 for i in set(doubled))
+
+
+def test_long_pairs_skip_or_truncate_response_never_image_tokens(tiny_vlm_path, toy_records):
+    processor = load_reward_model(tiny_vlm_path)[1]
+    image_pair = toy_records[0]
+    assert image_pair["images"]
+    lengths = pair_lengths(processor, image_pair)
+    assert lengths.prompt < lengths.chosen
+    ds = read_records.__globals__["records_to_dataset"]([image_pair])
+    cut = lengths.chosen - 2  # fits the prompt and its image tokens, not the whole response
+    for policy, kept, reason in [
+        ("skip", 0, "length: pair longer than max_length"),
+        ("truncate_response", 1, None),
+        ("truncate_response", 0, "length: prompt with image tokens longer than max_length"),
+    ]:
+        max_length = lengths.prompt - 1 if reason and "prompt" in reason else cut
+        skipped = SkipLog()
+        assert len(filter_long_pairs(ds, processor, max_length, policy, skipped)) == kept
+        assert dict(skipped.counts) == ({reason: 1} if reason else {})
+    batch = RewardCollator(processor, cut)([image_pair])
+    full = RewardCollator(processor, 4096)([image_pair])
+    assert batch["input_ids"].shape[1] == cut  # the response tail was cut ...
+    assert torch.equal(batch["input_ids"], full["input_ids"][:, :cut])
+    assert torch.equal(batch["pixel_values"], full["pixel_values"])  # ... and every image token kept
+    with pytest.raises(ValueError, match="would cut image tokens"):
+        RewardCollator(processor, lengths.prompt - 20)([image_pair])
+
+
+def test_bad_records_raise_naming_the_record_or_are_counted(tiny_vlm_path, toy_records, tmp_path):
+    bad = [dict(toy_records[1], id="empty", chosen=[{"role": "assistant", "content": "  "}]),
+           {k: v for k, v in toy_records[3].items() if k != "rejected"} | {"id": "norej"}]  # fmt: skip
+    path = write_records(toy_records[:2] + bad, tmp_path / "pairs.jsonl")
+    processor = load_reward_model(tiny_vlm_path)[1]
+    with pytest.raises(RecordError, match="'empty'.*'chosen'.*empty"):
+        read_pairs(str(path), _config(tmp_path, tiny_vlm_path, [], on_bad_record="raise"), processor, SkipLog())
+    skipped = SkipLog()
+    ds = read_pairs(str(path), _config(tmp_path, tiny_vlm_path, [], on_bad_record="skip"), processor, skipped)
+    assert len(ds) == 2 and dict(skipped.counts) == {"chosen: the response is empty": 1, "rejected: missing": 1}
+
+
+def test_margin_reaches_the_batch(tiny_vlm_path, toy_records):
+    processor = load_reward_model(tiny_vlm_path)[1]
+    batch = RewardCollator(processor, 512)([dict(toy_records[0], margin=0.5), dict(toy_records[1], margin=None)])
+    assert batch["margin"].tolist() == [0.5, 0.0] and batch["input_ids"].shape[0] == 4  # [chosen; rejected]
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_two_stages_freezing_resume_and_export(tiny_vlm_path, toy_data, tmp_path):
+    stages = [
+        {"name": "s1", "datasets": {str(toy_data["pairs_train"]): 0.25}, "max_steps": 4},
+        {"name": "s2", "datasets": {str(toy_data["pairs_train"]): 0.25}, "max_steps": 1, "learning_rate": 1e-4},
+    ]
+    cfg = _config(tmp_path, tiny_vlm_path, stages, eval_datasets=[str(toy_data["pairs_eval"])])
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(cfg, callbacks=[_Crash()])
+    export = train_reward_model(cfg)  # the same command again: resumes stage s1 from checkpoint-2
+    s1 = json.loads((tmp_path / "run/s1/model" / SUMMARY_FILE).read_text())
+    s2 = json.loads((export / SUMMARY_FILE).read_text())
+    assert s1["resumed_from"].endswith("checkpoint-2") and s1["metrics"]["global_step"] == 4
+    assert s2["init_from"] == str(tmp_path / "run/s1/model") and s2["resumed_from"] is None
+    assert s1["trainable_params"]["vision_tower"] == 0 and s1["trainable_params"]["head"] == 65
+    base, trained = load_file(tiny_vlm_path / "model.safetensors"), load_file(export / "model.safetensors")
+    for key, value in base.items():
+        if key == "lm_head.weight":
+            continue
+        is_frozen = key.startswith("visual.") and not key.startswith("visual.merger.")
+        assert torch.equal(trained[key], value) == is_frozen, key  # ViT frozen; merger and LM trained
+    model, processor = load_reward_model(export)
+    metrics = pair_metrics(model, processor, read_records(toy_data["pairs_eval"]))
+    for name in ("loss", "accuracy", "chosen_reward", "rejected_reward"):  # the export scores what training evaluated
+        assert metrics[name] == pytest.approx(s2["metrics"][f"eval_{name}"], abs=1e-5), name
+
+
+def test_lora_trains_adapters_and_head_and_exports_merged(tiny_vlm_path, toy_data, tmp_path):
+    stages = [{"name": "lora", "datasets": {str(toy_data["pairs_train"]): 0.25}, "max_steps": 2}]
+    cfg = _config(tmp_path, tiny_vlm_path, stages, use_lora=True, lora_r=4, eval_datasets=[str(toy_data["pairs_eval"])])
+    export = train_reward_model(cfg)
+    summary = json.loads((export / SUMMARY_FILE).read_text())
+    base, merged = load_file(tiny_vlm_path / "model.safetensors"), load_file(export / "model.safetensors")
+    assert not any("lora" in k for k in merged) and set(merged) == set(base) - {"lm_head.weight"}
+    assert not torch.equal(
+        merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])  # not adapted
+    assert torch.equal(merged["visual.blocks.0.mlp.gate_proj.weight"], base["visual.blocks.0.mlp.gate_proj.weight"])
+    model, processor = load_reward_model(export)
+    fresh, _ = load_reward_model(tiny_vlm_path, head_seed=0)
+    assert not torch.equal(model.v_head.summary.weight, fresh.v_head.summary.weight)  # the head trained in full
+    metrics = pair_metrics(model, processor, read_records(toy_data["pairs_eval"]))
+    assert metrics["loss"] == pytest.approx(summary["metrics"]["eval_loss"], abs=1e-5)
