@@ -40,12 +40,13 @@ from common.schema import RecordError
 from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
 from data_builders.report import add_count, log_to_wandb, merge_stats, new_stats, write_report
-from data_builders.sampling import Sampler, make_sampler, prompt_seed, resolve_device
+from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed, resolve_device
 from data_builders.scoring import Scorer, make_scorer
 from data_builders.sources import read_prompts
 from reward.scorer import ScoringGroup
 
 SAMPLING_FAILED = "sampling failed"
+PROMPT_TOO_LONG = "prompt longer than max_prompt_tokens"
 SCORING_FAILED = "scoring failed"
 
 
@@ -108,8 +109,9 @@ def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Sc
         seed = prompt_seed(cfg.seed, prompt["id"])
         try:
             sampled.append((prompt, seed, sampler.sample(prompt, params, seed)))
-        except (RecordError, ValueError) as e:  # e.g. a prompt too long for the model: count it, go on
-            add_count(stats["prompt_skips"], f"{SAMPLING_FAILED}: {type(e).__name__}")
+        except (RecordError, ValueError) as e:  # a prompt the backend cannot take: count it, go on
+            too_long = isinstance(e, PromptTooLong)
+            add_count(stats["prompt_skips"], PROMPT_TOO_LONG if too_long else f"{SAMPLING_FAILED}: {type(e).__name__}")
             if progress is not None:
                 progress.update(1)
     scores = _score(sampled, scorer, stats)
@@ -217,7 +219,7 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
     if todo:
         device = str(resolve_device(cfg.device))
         sampler = sampler or make_sampler(cfg.backend, cfg.policy_name_or_path, cfg.dtype, device, cfg.min_pixels,
-                                          cfg.max_pixels)  # fmt: skip
+                                          cfg.max_pixels, cfg.max_prompt_tokens)  # fmt: skip
         scorer = scorer or make_scorer(cfg.reward_model_name_or_path, cfg.dtype, device, cfg.score_batch_size,
                                        cfg.min_pixels, cfg.max_pixels)  # fmt: skip
     bar = tqdm(total=sum(size(c) for c in mine), initial=sum(size(c) for c in mine if c not in todo), unit="prompt",

@@ -40,6 +40,9 @@ class BuildPairsConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto (cuda:LOCAL_RANK when available)."})
     min_pixels: int | None = field(default=None, metadata={"help": "Lower bound on image area (processor resize)."})
     max_pixels: int | None = field(default=None, metadata={"help": "Upper bound on image area (processor resize)."})
+    max_prompt_tokens: int | None = field(
+        default=None, metadata={"help": "Skip (and count) prompts longer than this many tokens, images included (hf)."}
+    )
     score_batch_size: int = field(default=8, metadata={"help": "Responses per reward-model forward."})
     # > pair selection (docs/data_building.md)
     rule: str = field(default="best_vs_worst", metadata={"help": f"Pair selection rule, one of {RULES}."})

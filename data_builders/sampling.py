@@ -70,6 +70,10 @@ class Candidates:
     num_tokens: list[int]
 
 
+class PromptTooLong(ValueError):
+    """The prompt (images included) has more tokens than the sampler accepts; the build job counts it as a skip."""
+
+
 class Sampler(Protocol):
     """What the build job needs from a sampling backend."""
 
@@ -97,10 +101,14 @@ class HFSampler:
         device: `"auto"`, `"cpu"`, `"cuda"`...
         min_pixels / max_pixels: image area bounds for the processor.
         shared_prefill: one prefill shared by the K samples (True) or `generate(num_return_sequences=K)` (False).
+        max_prompt_tokens: longest accepted prompt in tokens, images included (None: no bound); longer ones raise
+            `PromptTooLong` before any forward.
     """
 
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "auto", min_pixels: int | None = None,
-                 max_pixels: int | None = None, shared_prefill: bool = True):  # fmt: skip
+                 max_pixels: int | None = None, shared_prefill: bool = True,
+                 max_prompt_tokens: int | None = None):  # fmt: skip
+        self.max_prompt_tokens = max_prompt_tokens
         self.device = resolve_device(device)
         self.processor = load_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=getattr(torch, dtype))
@@ -122,6 +130,10 @@ class HFSampler:
     def sample(self, prompt: Mapping[str, Any], params: SamplingParams, seed: int) -> Candidates:
         inputs = self.encode(prompt)
         prompt_len = inputs["input_ids"].shape[1]
+        if self.max_prompt_tokens is not None and prompt_len > self.max_prompt_tokens:
+            raise PromptTooLong(
+                f"prompt {prompt['id']!r}: {prompt_len} tokens > max_prompt_tokens={self.max_prompt_tokens}"
+            )
         if self.shared_prefill:
             generator = torch.Generator(self.device).manual_seed(seed)
             tokens = self._sample_shared_prefill(inputs, params, generator)
@@ -216,10 +228,11 @@ class VLLMSampler:
 
 
 def make_sampler(backend: str, model_path: str, dtype: str, device: str, min_pixels: int | None,
-                 max_pixels: int | None) -> Sampler:  # fmt: skip
+                 max_pixels: int | None, max_prompt_tokens: int | None = None) -> Sampler:  # fmt: skip
     """The sampler for `backend` (`"hf"` or `"vllm"`)."""
     if backend == "hf":
-        return HFSampler(model_path, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+        return HFSampler(model_path, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+                         max_prompt_tokens=max_prompt_tokens)  # fmt: skip
     if backend == "vllm":
         return VLLMSampler(model_path, dtype=dtype, min_pixels=min_pixels, max_pixels=max_pixels)
     raise ValueError(f"unknown sampling backend {backend!r}; choose 'hf' or 'vllm'")

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from data_builders.sampling import Candidates
+from data_builders.sampling import Candidates, PromptTooLong
 
 
 @pytest.fixture(scope="session")
@@ -21,14 +21,16 @@ def tiny_reward_path(tiny_vlm_path, tmp_path_factory):
 class ChoiceSampler:
     """Answers each toy prompt with one sentence per choice (the right one among them), in a seed-dependent order."""
 
-    def __init__(self, fail_ids=()):
-        self.fail_ids = set(fail_ids)
+    def __init__(self, fail_ids=(), too_long_ids=()):
+        self.fail_ids, self.too_long_ids = set(fail_ids), set(too_long_ids)
         self.calls = []
 
     def sample(self, prompt, params, seed):
         self.calls.append(prompt["id"])
         if prompt["id"] in self.fail_ids:
-            raise ValueError(f"{prompt['id']}: prompt longer than the model's context")
+            raise ValueError(f"{prompt['id']}: the backend failed")
+        if prompt["id"] in self.too_long_ids:
+            raise PromptTooLong(f"{prompt['id']}: too long")
         others = [c for c in prompt["choices"] if c != prompt["answer"]][: params.num_samples - 1]
         picks = sorted([prompt["answer"], *others], key=lambda c: hashlib.sha256(f"{seed}/{c}".encode()).hexdigest())
         texts = [f"It is {c}." for c in picks]

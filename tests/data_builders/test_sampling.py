@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from data_builders.sampling import HFSampler, SamplingParams, prompt_seed
+from data_builders.sampling import HFSampler, PromptTooLong, SamplingParams, prompt_seed
 from data_builders.sources import read_prompts
 
 PARAMS = SamplingParams(num_samples=4, temperature=0.9, top_p=0.95, top_k=40, max_new_tokens=10)
@@ -57,3 +57,9 @@ def test_prompt_seed_depends_on_seed_and_id_only():
 def test_sampling_params_validation_lists_every_problem():
     with pytest.raises(ValueError, match=r"num_samples=1.*temperature=0.*top_p=1.5"):
         SamplingParams(num_samples=1, temperature=0.0, top_p=1.5)
+
+
+def test_prompt_longer_than_max_prompt_tokens_raises_before_any_forward(tiny_vlm_path, prompts):
+    sampler = HFSampler(str(tiny_vlm_path), device="cpu", max_prompt_tokens=10)
+    with pytest.raises(PromptTooLong, match=r"prompt 'toy-eval-color-\d+': \d+ tokens > max_prompt_tokens=10"):
+        sampler.sample(prompts["toy/color"], PARAMS, seed=0)
