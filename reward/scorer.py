@@ -162,6 +162,8 @@ class RewardScorer:
         if self.config.max_length is not None and length > self.config.max_length:
             raise ValueError(f"{ref}: {length} tokens, more than max_length={self.config.max_length}")
         out = {k: enc[k][0] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in enc}
+        if "mm_token_type_ids" not in out:  # processors saved before transformers 5 do not return it
+            out["mm_token_type_ids"] = (out["input_ids"] == self.image_token_id).int()
         if "pixel_values" in enc:
             out["pixel_values"], out["image_grid_thw"] = enc["pixel_values"], enc["image_grid_thw"]
         return out
@@ -171,9 +173,8 @@ class RewardScorer:
         batch = {
             "input_ids": _pad([e["input_ids"] for e in encs], self.pad_id),
             "attention_mask": _pad([e["attention_mask"] for e in encs], 0),
+            "mm_token_type_ids": _pad([e["mm_token_type_ids"] for e in encs], 0),
         }
-        if all("mm_token_type_ids" in e for e in encs):
-            batch["mm_token_type_ids"] = _pad([e["mm_token_type_ids"] for e in encs], 0)
         with_images = [e for e in encs if "pixel_values" in e]
         if with_images:
             batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
