@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scoring.py                                  # CPU, fp32, TinyVLMSpec.preset("small")
     python benchmarks/bench_scoring.py --ks 2 4 8 --groups 8 --repeats 3 --output outputs/bench_scoring.json
-    python benchmarks/bench_scoring.py --preset 7b --device cuda --dtype bfloat16 --groups 4   # a GPU box
+    python benchmarks/bench_scoring.py --preset 7b --device cuda --dtype bfloat16 --image_size 896   # a GPU box
 
 Each K scores the same groups (one image of `--image_size` px, i.e. (size/28)^2 image tokens, a ~40-token
 question and K responses of ~50 tokens) both ways in the same process, checks the scores agree, and reports
@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import random
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +22,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm
-from reward.scorer import RewardScorer, ScoringGroup
+from common.tiny_vlm import TinyVLMSpec, build_config, build_processor
+from reward.model import VLRewardModel
+from reward.scorer import DTYPES, RewardScorer, ScorerConfig, ScoringGroup
 
 WORDS = "the a red blue green circle square triangle left right top bottom is are two three shape image shows".split()
 
@@ -72,11 +72,19 @@ def main() -> None:
     p.add_argument("--output", default="outputs/bench_scoring.json", help="Where the JSON results go.")
     args = p.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = TinyVLMSpec.preset(args.preset, max_pixels=max(28 * 28 * 256, args.image_size**2))
-        path = args.model or str(save_tiny_vlm(Path(tmp) / args.preset, spec))
-        scorer = RewardScorer.from_pretrained(path, dtype=args.dtype, device=args.device,
+    if args.model:
+        scorer = RewardScorer.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                               batch_size=args.batch_size, progress=False)  # fmt: skip
+    else:
+        # random weights built in place (no save/load round trip: a 7B-shaped model would write ~16 GB)
+        spec = TinyVLMSpec.preset(args.preset, max_pixels=max(28 * 28 * 256, args.image_size**2))
+        processor = build_processor(spec)
+        torch.manual_seed(spec.seed)
+        with torch.device(args.device):
+            model = VLRewardModel(build_config(spec, processor.tokenizer)).to(DTYPES[args.dtype]).eval()
+        config = ScorerConfig(model_name_or_path=f"random:{args.preset}", dtype=args.dtype, device=args.device,
+                              batch_size=args.batch_size, progress=False)  # fmt: skip
+        scorer = RewardScorer(model, processor, config)
     warm = make_groups(1, 2, args.image_size, args.response_words, seed=99)
     for aware in (False, True):
         scorer.config.group_aware = aware
