@@ -73,22 +73,25 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
-    """Create `output_dir`, or check that the build already there used the same content fields (then resume)."""
+    """Create `output_dir`, or check that the build already there used the same content fields (then resume).
+
+    Every rank checks (same files, same verdict, so all raise together) before rank 0 changes anything.
+    """
     out = Path(cfg.output_dir)
     state = out / "build_config.json"
     wanted = json.loads(json.dumps(cfg.content_fields()))
-    if rank == 0:
-        if state.exists() and json.loads(state.read_text()) != wanted:
-            if not cfg.overwrite:
-                old = json.loads(state.read_text())
-                diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
-                raise ValueError(f"output_dir {out} holds a build with a different config {diff} (old, new): "
-                                 "choose another output_dir or set --overwrite true")  # fmt: skip
-            shutil.rmtree(out)
-        elif not state.exists() and out.exists() and any(out.iterdir()) and not cfg.overwrite:
+    old = json.loads(state.read_text()) if state.exists() else None
+    stale = (old is not None and old != wanted) or (old is None and out.exists() and any(out.iterdir()))
+    if stale and not cfg.overwrite:
+        if old is None:
             raise ValueError(f"output_dir {out} is not empty and holds no pair build: choose another output_dir "
                              "or set --overwrite true")  # fmt: skip
-        elif not state.exists() and out.exists() and cfg.overwrite:
+        diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
+        raise ValueError(f"output_dir {out} holds a build with a different config {diff} (old, new): "
+                         "choose another output_dir or set --overwrite true")  # fmt: skip
+    _barrier()
+    if rank == 0:
+        if stale:
             shutil.rmtree(out)
         (out / "chunks").mkdir(parents=True, exist_ok=True)
         for leftover in (out / "chunks").glob(".*.tmp-*"):  # half-written files of a killed run
