@@ -205,14 +205,16 @@ class VLLMSampler:
     """Sampling with vLLM (GPU only; `pip install vllm`). Seeds per prompt through `SamplingParams(seed=...)`."""
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", min_pixels: int | None = None,
-                 max_pixels: int | None = None):  # fmt: skip
+                 max_pixels: int | None = None, max_images_per_prompt: int = 4):  # fmt: skip
         try:
             from vllm import LLM
         except ImportError as e:
             raise ImportError("backend='vllm' needs vLLM on a GPU machine: `pip install vllm`") from e
         self.processor = load_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-        self.llm = LLM(model=model_path, dtype=dtype, mm_processor_kwargs=mm_kwargs or None)
+        # vLLM reserves memory for `limit_mm_per_prompt` images of the largest size: bound both.
+        self.llm = LLM(model=model_path, dtype=dtype, mm_processor_kwargs=mm_kwargs or None,
+                       limit_mm_per_prompt={"image": max_images_per_prompt})  # fmt: skip
 
     def sample(self, prompt: Mapping[str, Any], params: SamplingParams, seed: int) -> Candidates:
         from vllm import SamplingParams as VLLMParams
