@@ -131,3 +131,21 @@ def test_split_inside_the_prompt_with_the_real_qwen_vocabulary():
     assert len(split["prefix"]["input_ids"]) < len(processor.tokenizer(prompt_text)["input_ids"]) + n_image_tokens - 1
     naive, shared = _both(scorer, [group])
     assert _max_diff(naive, shared) <= TOL
+
+
+def test_scorer_loads_a_saved_reward_checkpoint(tmp_path, scorer):
+    """A checkpoint in the released format (value_head.safetensors beside the backbone) scores like the model saved."""
+    from reward.model import save_reward_model
+
+    with torch.no_grad():
+        scorer.model.v_head.summary.weight.mul_(-3.0)
+        scorer.model.v_head.summary.bias.fill_(0.25)
+    try:
+        groups = [_group(1, 3), _group(0, 2)]
+        scorer.config.group_aware = True
+        before = scorer.score_groups(groups)
+        path = save_reward_model(scorer.model, scorer.processor, tmp_path / "rm")
+        loaded = RewardScorer.from_pretrained(str(path), device="cpu", progress=False)
+        assert _max_diff(before, loaded.score_groups(groups)) <= TOL
+    finally:
+        scorer.model.reset_value_head(0)
