@@ -16,6 +16,7 @@ A malformed row raises `common.schema.RecordError` naming the row and the field.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,10 @@ def iter_rows(path: str | Path) -> Iterator[tuple[dict, str | None]]:
         shards = sorted(str(p) for p in path.rglob("*.parquet"))
         if not shards:
             raise FileNotFoundError(f"{path}: neither a datasets folder nor a folder of .parquet files")
+        # hub shards are named <split>-00000-of-00001.parquet; never mix splits (RewardBench ships `raw` too)
+        splits = sorted({re.sub(r"-\d{5}-of-\d{5}$", "", Path(s).stem) for s in shards})
+        if len(splits) > 1 and all(re.search(r"-\d{5}-of-\d{5}$", Path(s).stem) for s in shards):
+            raise ValueError(f"{path}: shards of several splits {splits}; point --data at one split's file")
         ds = Dataset.from_parquet(shards)
     for row in _undecoded(ds):
         yield row, None

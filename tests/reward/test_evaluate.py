@@ -241,3 +241,18 @@ def test_readers_name_the_bad_row_and_field(tmp_path):
         read_benchmark("vl_rewardbench", path)
     with pytest.raises(ValueError, match="unknown benchmark 'vlrb'"):
         read_benchmark("vlrb", path)
+
+
+def test_parquet_folder_reader_reads_shards_and_refuses_mixed_splits(tmp_path):
+    import shutil
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "vl_rewardbench.parquet", folder / "test-00000-of-00001.parquet")
+    assert [e.row["id"] for e in read_benchmark("vl_rewardbench", tmp_path)][:2] == [
+        "vlfeedback_0",
+        "wildvision-battle_1",
+    ]
+    shutil.copy(FIXTURES / "vl_rewardbench.parquet", folder / "raw-00000-of-00001.parquet")
+    with pytest.raises(ValueError, match=r"several splits \['raw', 'test'\]"):
+        read_benchmark("vl_rewardbench", tmp_path)
