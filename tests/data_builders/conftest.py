@@ -38,10 +38,11 @@ class ChoiceSampler:
 
 
 class HashScorer:
-    """Scores in [0, 1) from a hash of (prompt text, response): deterministic, order-free; NaN for `nan_responses`."""
+    """Scores in [0, 1) from a hash of (prompt, response): deterministic, order-free; NaN for `nan_responses`; raises
+    for a group whose prompt contains `fail_if_prompt_has`."""
 
-    def __init__(self, nan_responses=()):
-        self.nan_responses = set(nan_responses)
+    def __init__(self, nan_responses=(), fail_if_prompt_has=None):
+        self.nan_responses, self.fail_if_prompt_has = set(nan_responses), fail_if_prompt_has
         self.groups = 0
 
     def score_groups(self, groups):
@@ -49,6 +50,8 @@ class HashScorer:
         out = []
         for g in groups:
             key = str(g.prompt)
+            if self.fail_if_prompt_has and self.fail_if_prompt_has in key:
+                raise ValueError("conversation longer than max_length")
             out.append([float("nan") if r in self.nan_responses else
                         int(hashlib.sha256(f"{key}/{r}".encode()).hexdigest()[:8], 16) / 2**32
                         for r in g.responses])  # fmt: skip

@@ -91,18 +91,21 @@ def test_bad_records_are_counted_not_fatal(tmp_path):
     rows_in[4]["image"] = "missing.png"
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows_in) + "{broken\n")
-    cfg = make_cfg(path, tmp_path / "out", chunk_size=2)
-    sampler, scorer = ChoiceSampler(fail_ids={"q2"}, too_long_ids={"q3"}), HashScorer(nan_responses={"It is blue."})
+    cfg = make_cfg(path, tmp_path / "out", chunk_size=4)  # q0 and q5 are scored in one call: only q5 must fail
+    sampler, scorer = (
+        ChoiceSampler(fail_ids={"q2"}, too_long_ids={"q3"}),
+        HashScorer(nan_responses={"It is blue."}, fail_if_prompt_has="5?"),
+    )
     pairs = build_pairs(cfg, sampler=sampler, scorer=scorer)
     report = json.loads((pairs.parent / "report.json").read_text())
     assert report["prompts"]["skipped_at_read"]["by_reason"] == {
         "question: expected a non-empty question string, got None": 1, "images: cannot open image file": 1,
         "<line>: invalid JSON": 1}  # fmt: skip
     assert report["prompts"]["valid"] == 4 and report["prompts"]["processed"] == 4
-    assert report["prompts"]["without_pairs"] == {"sampling failed: ValueError": 1,
+    assert report["prompts"]["without_pairs"] == {"sampling failed: ValueError": 1, "scoring failed: ValueError": 1,
                                                   "prompt longer than max_prompt_tokens": 1}  # fmt: skip
-    assert report["candidates"]["dropped"] == {"non-finite score": 2}
-    assert report["pairs"] == 2 and len(read_records(pairs, kind="preference")) == 2
+    assert report["candidates"]["dropped"] == {"non-finite score": 1}
+    assert report["pairs"] == 1 and len(read_records(pairs, kind="preference")) == 1
 
 
 def test_output_dir_of_another_build_is_refused_unless_overwrite(toy_data, tmp_path):
