@@ -87,6 +87,12 @@ class VLRewardModel(Qwen2_5_VLPreTrainedModel):
         self.v_head = ValueHead(config.get_text_config().hidden_size)
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, reading the config with `AutoConfig` (Qwen2-VL or Qwen2.5-VL)."""
+        config = config if config is not None else AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, config=config, **kwargs)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
@@ -219,8 +225,7 @@ def load_reward_model(
         KeyError / ValueError: `value_head.safetensors` lacks the expected keys or shapes.
     """
     path = Path(path)
-    config = AutoConfig.from_pretrained(path)
-    model, info = VLRewardModel.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True)
+    model, info = VLRewardModel.from_pretrained(path, dtype=dtype, output_loading_info=True)
     if is_reward_checkpoint(path):
         model.load_value_head(load_file(path / VALUE_HEAD_FILE), source=str(path / VALUE_HEAD_FILE))
     elif any(k.startswith("v_head.") for k in info["missing_keys"]):  # a base VLM (a Trainer checkpoint has the head)

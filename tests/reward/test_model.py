@@ -103,3 +103,33 @@ def test_released_head_is_loaded_and_bad_head_named(reward_model, toy_records, t
               str(path / VALUE_HEAD_FILE))  # fmt: skip
     with pytest.raises(ValueError, match="shape"):
         load_reward_model(path)
+
+
+def test_qwen2_vl_backbone(tiny_vlm_path, tmp_path, toy_records):
+    """Qwen2-VL checkpoints load with the same class and key conversion (inputs from the Qwen2.5-VL processor,
+    whose token layout Qwen2-VL shares)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from reward.model import VLRewardModel
+
+    reference, processor = load_reward_model(tiny_vlm_path)
+    c = reference.config
+    text = {k: v for k, v in c.text_config.to_dict().items() if k != "model_type"}
+    vision = dict(depth=2, embed_dim=32, hidden_size=text["hidden_size"], num_heads=2, mlp_ratio=2)
+    ids = {
+        k: getattr(c, k) for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    }
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    torch.manual_seed(0)
+    vlm = Qwen2VLForConditionalGeneration(config).eval()
+    vlm.save_pretrained(tmp_path / "vlm")
+    model = VLRewardModel.from_pretrained(tmp_path / "vlm").eval()
+    model.reset_value_head(0)
+    batch = _encode(processor, toy_records[:4])
+    with torch.no_grad():
+        assert torch.equal(model.model(**batch).last_hidden_state, vlm.model(**batch).last_hidden_state)
+        path = save_reward_model(model, None, tmp_path / "rm")
+        reloaded = VLRewardModel.from_pretrained(path).eval()
+        reloaded.load_value_head(load_file(path / VALUE_HEAD_FILE))
+        assert torch.equal(reloaded(**batch).rewards, model(**batch).rewards)
+    assert json.loads((path / "config.json").read_text())["architectures"] == ["Qwen2VLForConditionalGeneration"]
