@@ -10,6 +10,9 @@ Backends (`make_sampler`):
   same logits warpers as `generate`), so for a seed they give the same samples up to float noise.
 * ``"vllm"`` (`VLLMSampler`): GPU only, optional extra (`pip install vllm`), imported only when chosen.
 
+Only `SamplingParams` decide the distribution: a checkpoint's `generation_config.json` sampling defaults (the
+Qwen2.5-VL-Instruct release ships `top_k=1`, `repetition_penalty=1.05`) are not applied on either path.
+
 Determinism: each prompt is sampled with its own seed, `prompt_seed(seed, prompt_id)`, so a prompt's candidates do
 not depend on which rank, chunk or rerun samples it. Qwen2.5-VL positions: image tokens get 3D (mrope) positions
 from `get_rope_index` (it needs the processor's `mm_token_type_ids`); decoding continues at
@@ -141,7 +144,8 @@ class HFSampler:
             torch.manual_seed(seed)  # generate() draws from the global generator; same stream as the above
             out = self.model.generate(**inputs, do_sample=True, num_return_sequences=params.num_samples,
                                       max_new_tokens=params.max_new_tokens, temperature=params.temperature,
-                                      top_p=params.top_p, top_k=params.top_k, pad_token_id=self.pad_id)  # fmt: skip
+                                      top_p=params.top_p, top_k=params.top_k, repetition_penalty=1.0,
+                                      pad_token_id=self.pad_id)  # fmt: skip
             tokens = out[:, prompt_len:]
         return self._decode(tokens)
 
