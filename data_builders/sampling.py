@@ -228,7 +228,8 @@ class VLLMSampler:
         if prompt.get("images"):
             request["multi_modal_data"] = {"image": [load_image(im) for im in prompt["images"]]}
         vparams = VLLMParams(n=params.num_samples, temperature=params.temperature, top_p=params.top_p,
-                             top_k=params.top_k or -1, max_tokens=params.max_new_tokens, seed=seed)  # fmt: skip
+                             top_k=params.top_k or -1, max_tokens=params.max_new_tokens, repetition_penalty=1.0,
+                             seed=seed)  # fmt: skip
         outputs = self.llm.generate([request], vparams, use_tqdm=False)[0].outputs
         return Candidates([o.text.strip() for o in outputs], [len(o.token_ids) for o in outputs])
 
