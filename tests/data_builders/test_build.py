@@ -146,3 +146,22 @@ def test_report_to_wandb_offline(toy_data, tmp_path, monkeypatch):
     pairs = build_pairs(cfg, sampler=ChoiceSampler(), scorer=HashScorer())
     runs = list((pairs.parent / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_empty_responses_never_reach_the_scorer(toy_data, tmp_path):
+    class HalfEmpty(ChoiceSampler):
+        def sample(self, prompt, params, seed):
+            cands = super().sample(prompt, params, seed)
+            cands.texts[0] = "  "
+            return cands
+
+    class Checking(HashScorer):
+        def score_groups(self, groups):
+            assert all(r.strip() for g in groups for r in g.responses)
+            return super().score_groups(groups)
+
+    cfg = make_cfg(toy_data["prompts_eval"], tmp_path / "out", max_prompts=8)
+    pairs = build_pairs(cfg, sampler=HalfEmpty(), scorer=Checking())
+    report = json.loads((pairs.parent / "report.json").read_text())
+    assert report["candidates"]["dropped"] == {"empty response": 8} and report["pairs"] == 8
+    assert all(r["chosen"][0]["content"][0]["text"].strip() for r in read_records(pairs))
