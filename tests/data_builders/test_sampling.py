@@ -63,3 +63,18 @@ def test_prompt_longer_than_max_prompt_tokens_raises_before_any_forward(tiny_vlm
     sampler = HFSampler(str(tiny_vlm_path), device="cpu", max_prompt_tokens=10)
     with pytest.raises(PromptTooLong, match=r"prompt 'toy-eval-color-\d+': \d+ tokens > max_prompt_tokens=10"):
         sampler.sample(prompts["toy/color"], PARAMS, seed=0)
+
+
+def test_early_stop_at_end_of_turn_matches_generate(tiny_vlm_path, prompts):
+    # A fifth of the vocabulary counts as end-of-turn, so samples stop after different numbers of tokens.
+    shared, baseline = HFSampler(str(tiny_vlm_path), device="cpu"), HFSampler(str(tiny_vlm_path), device="cpu",
+                                                                                 shared_prefill=False)  # fmt: skip
+    eos = list(range(0, 500, 5))
+    for sampler in (shared, baseline):
+        sampler.model.generation_config.eos_token_id = eos
+        sampler.eos_ids = torch.tensor(eos)
+    params = SamplingParams(num_samples=8, max_new_tokens=12)
+    a = shared.sample(prompts["toy/color"], params, seed=11)
+    b = baseline.sample(prompts["toy/color"], params, seed=11)
+    assert a.texts == b.texts and a.num_tokens == b.num_tokens
+    assert len(set(a.num_tokens)) > 1 and min(a.num_tokens) < 12
