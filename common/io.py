@@ -15,7 +15,7 @@ import collections
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -61,8 +61,16 @@ def _file_format(path: Path) -> str:
     return "folder"
 
 
-def _iter_raw(path: Path) -> Iterable[tuple[dict, str | None]]:
-    """(record, base_dir) pairs; images stay undecoded (paths or {"bytes", "path"})."""
+BAD_JSON = "__bad_json__"  # key of the row `iter_raw_rows` yields for a JSONL line that does not parse
+
+
+def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
+    """Rows of a `.jsonl`/`.json` file, a `.parquet` file or a `save_to_disk` folder, images left undecoded.
+
+    A JSONL line that does not parse is yielded as `{BAD_JSON: "line N: ..."}` so that callers can count it
+    against its position; `check_row_parsed` turns it into a `RecordError`.
+    """
+    path = Path(path)
     fmt = _file_format(path)
     if fmt == "jsonl":
         with open(path) as f:
@@ -70,15 +78,23 @@ def _iter_raw(path: Path) -> Iterable[tuple[dict, str | None]]:
                 if not line.strip():
                     continue
                 try:
-                    yield json.loads(line), str(path.parent)
+                    yield json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield {"__bad_json__": f"line {lineno}: {e}"}, None
+                    yield {BAD_JSON: f"line {lineno}: {e}"}
         return
     ds = Dataset.from_parquet(str(path)) if fmt == "parquet" else datasets.load_from_disk(str(path))
-    if "images" in ds.column_names and isinstance(ds.features["images"], datasets.List):
-        ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
-    for row in ds:
-        yield row, None
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
+    yield from ds
+
+
+def check_row_parsed(row: Mapping, index: int) -> None:
+    """Raise the `RecordError` of a JSONL line that `iter_raw_rows` could not parse."""
+    if BAD_JSON in row:
+        raise RecordError(f"#{index}", "<line>", "invalid JSON", row[BAD_JSON])
 
 
 def read_records(
@@ -104,20 +120,38 @@ def read_records(
         raise FileNotFoundError(f"no such dataset: {path}")
     if on_error == "skip" and skipped is None:
         raise ValueError("on_error='skip' needs a SkipLog to count the skipped records")
-    validate = VALIDATORS[kind]
+    records = validate_rows(iter_raw_rows(path), VALIDATORS[kind], str(path), on_error, skipped, str(path.parent))
+    return records_to_dataset(records)
+
+
+def validate_rows(
+    rows: Iterable[Mapping],
+    validate: Callable[..., dict],
+    source: str,
+    on_error: Literal["raise", "skip"],
+    skipped: SkipLog | None,
+    base_dir: str | None,
+    limit: int | None = None,
+) -> list[dict]:
+    """`validate(row, index=, base_dir=)` over raw rows, raising or counting each `RecordError` per `on_error`.
+
+    `validate` may convert as well (the prompt readers turn public formats into records with it). Stops after
+    `limit` valid records. Errors re-raised here also name `source`, the file they came from.
+    """
     records = []
-    for index, (raw, base_dir) in enumerate(_iter_raw(path)):
+    for index, raw in enumerate(rows):
         try:
-            if "__bad_json__" in raw:
-                raise RecordError(f"#{index}", "<line>", "invalid JSON", raw["__bad_json__"])
+            check_row_parsed(raw, index)
             records.append(validate(raw, index=index, base_dir=base_dir))
         except RecordError as e:
             if on_error == "raise":
                 raise RecordError(
-                    e.record_ref, e.field, e.problem, f"{e.detail + '; ' if e.detail else ''}in {path}"
+                    e.record_ref, e.field, e.problem, f"{e.detail + '; ' if e.detail else ''}in {source}"
                 ) from e
             skipped.add(e.reason, str(e))
-    return records_to_dataset(records)
+        if limit is not None and len(records) >= limit:
+            break
+    return records
 
 
 def _image_to_storage(image: Any) -> dict:

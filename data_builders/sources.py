@@ -22,41 +22,19 @@ or raises a `RecordError` naming it with `on_error="raise"`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import datasets
 from datasets import Dataset
 
-from common.io import SkipLog, read_records, records_to_dataset
+from common.io import SkipLog, iter_raw_rows, read_records, records_to_dataset, validate_rows
 from common.schema import RecordError, record_ref, validate_prompt_record
 
 FORMATS = ("auto", "prompt", "plain", "rlaif_v", "vlfeedback", "mmpr", "vl_rewardbench")
 IMAGE_TAG = re.compile(r"\s*<image>\s*")
-
-
-def _raw_rows(path: Path) -> Iterator[dict]:
-    """Rows of a .jsonl/.json, .parquet or `save_to_disk` folder, images left undecoded."""
-    if path.suffix in (".jsonl", ".json"):
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as e:
-                        yield {"__bad_json__": f"line {lineno}: {e}"}
-        return
-    ds = Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else datasets.load_from_disk(str(path))
-    for name, feature in ds.features.items():
-        if isinstance(feature, datasets.Image):
-            ds = ds.cast_column(name, datasets.Image(decode=False))
-        elif isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.Image):
-            ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
-    yield from ds
 
 
 def _first(row: Mapping, keys: tuple[str, ...]) -> Any:
@@ -176,29 +154,20 @@ def read_prompts(
     if not path.exists():
         raise FileNotFoundError(f"no such prompt file or folder: {path}")
     skipped = skipped if skipped is not None else SkipLog()
-    rows = _raw_rows(path)
     if fmt == "auto":
-        first = next(iter(_raw_rows(path)), {})
-        fmt = detect_format(first)
+        fmt = detect_format(next(iter(iter_raw_rows(path)), {}))
     if fmt == "prompt":
         ds = read_records(path, kind="prompt", on_error=on_error, skipped=skipped)
         return _dedupe(ds, skipped, on_error, max_prompts)
-    base_dir = image_root or str(path.parent)
-    records = []
-    for index, row in enumerate(rows):
-        ref = record_ref(row, index)
-        try:
-            if "__bad_json__" in row:
-                raise RecordError(f"#{index}", "<line>", f"invalid JSON ({row['__bad_json__']})")
-            rec = CONVERTERS[fmt](row, ref)
-            rec["id"] = rec.get("id") or f"{path.stem}-{index:07d}"
-            records.append(validate_prompt_record(rec, index=index, base_dir=base_dir))
-        except RecordError as e:
-            if on_error == "raise":
-                raise RecordError(e.record_ref, e.field, f"{e.problem} [in {path}]") from e
-            skipped.add(f"{e.field.split('[')[0]}: {e.problem.split(' (')[0]}", str(e))
-        if max_prompts is not None and len(records) >= max_prompts:
-            break
+
+    def convert(row: Mapping, index: int, base_dir: str) -> dict:
+        rec = CONVERTERS[fmt](row, record_ref(row, index))
+        rec["id"] = rec.get("id") or f"{path.stem}-{index:07d}"
+        return validate_prompt_record(rec, index=index, base_dir=base_dir)
+
+    records = validate_rows(
+        iter_raw_rows(path), convert, str(path), on_error, skipped, image_root or str(path.parent), max_prompts
+    )
     return _dedupe(records_to_dataset(records), skipped, on_error, max_prompts)
 
 
