@@ -10,7 +10,8 @@ resolved against the file's folder; Parquet and `datasets` images are embedded b
 * ``mm_rewardbench`` (facebookresearch/multimodal_rewardbench `all_data.json`): `ID`, `Text`, `Image`, `Output1`,
   `Output2`, `Better`, `Category` (or `Meta.Category`).
 
-A malformed row raises `common.schema.RecordError` naming the row and the field.
+A malformed row raises `common.schema.RecordError` naming the row and the field, or, with `on_error="skip"`, is
+dropped and counted per reason in a `common.io.SkipLog`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 from datasets import Dataset
 
+from common.io import SkipLog
 from common.schema import RecordError, check_image
 from reward.scorer import ScoringGroup
 
@@ -146,21 +148,38 @@ READERS: dict[str, Callable[[Mapping, str, str | None], BenchmarkExample]] = {
 }
 
 
-def read_benchmark(name: str, path: str | Path, limit: int | None = None) -> list[BenchmarkExample]:
+def read_benchmark(
+    name: str,
+    path: str | Path,
+    limit: int | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    skipped: SkipLog | None = None,
+) -> list[BenchmarkExample]:
     """Read `limit` (all by default) examples of benchmark `name` from a local file or folder.
+
+    Args:
+        on_error: `"raise"` stops at the first malformed row; `"skip"` drops it and counts its reason in `skipped`
+            (e.g. Multimodal RewardBench rows whose third-party image could not be downloaded).
 
     Raises:
         ValueError: unknown benchmark name.
-        RecordError: a malformed row (names the row and the field).
+        RecordError: a malformed row (names the row and the field), with `on_error="raise"`.
     """
     if name not in READERS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(READERS)}")
+    if on_error == "skip" and skipped is None:
+        raise ValueError("on_error='skip' needs a SkipLog to count the skipped rows")
     reader, out = READERS[name], []
     for index, (row, base_dir) in enumerate(iter_rows(path)):
         if limit is not None and index >= limit:
             break
         rid = row.get("id", row.get("ID"))
-        out.append(reader(row, f"{rid!r} (#{index})" if rid is not None else f"#{index}", base_dir))
+        try:
+            out.append(reader(row, f"{rid!r} (#{index})" if rid is not None else f"#{index}", base_dir))
+        except RecordError as e:
+            if on_error == "raise":
+                raise
+            skipped.add(e.reason, str(e))
     return out
 
 

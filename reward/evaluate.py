@@ -262,6 +262,10 @@ class EvalConfig:
     )  # fmt: skip
     output_dir: str = field(default=None, metadata={"help": "Where predictions, metrics, table and chart go."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples (smoke runs)."})
+    on_error: str = field(
+        default="raise",
+        metadata={"help": "raise: stop at a malformed row (named); skip: drop it and count the reason in the report."},
+    )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing report in output_dir."})
     report_to: str = field(default="none", metadata={"help": "none or wandb (set WANDB_MODE=offline without network)."})
     run_name: str | None = field(default=None, metadata={"help": "wandb run name (default: model folder + benchmark)."})
@@ -280,6 +284,8 @@ class EvalConfig:
             problems.append(f"--output_dir {self.output_dir} already holds a report; pass --overwrite_output_dir")
         if self.report_to not in ("none", "wandb"):
             problems.append(f"--report_to {self.report_to!r}: choose none or wandb")
+        if self.on_error not in ("raise", "skip"):
+            problems.append(f"--on_error {self.on_error!r}: choose raise or skip")
         if self.limit is not None and self.limit < 1:
             problems.append(f"--limit {self.limit}: must be >= 1")
         if problems:
@@ -344,12 +350,16 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
     """
     cfg.validate()
     from common.cli import write_run_meta
+    from common.io import SkipLog
     from reward.benchmarks import read_benchmark, scored_row
     from reward.scorer import RewardScorer
 
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    examples = read_benchmark(cfg.benchmark, cfg.data_path, limit=cfg.limit)
+    skipped = SkipLog()
+    examples = read_benchmark(cfg.benchmark, cfg.data_path, limit=cfg.limit, on_error=cfg.on_error, skipped=skipped)
+    if not examples:
+        raise ValueError(f"{cfg.data_path}: no example left to score (skipped: {skipped.to_dict()})")
     options = {k: v for k, v in dataclasses.asdict(scorer_cfg).items() if k != "model_name_or_path"}
     scorer = RewardScorer.from_pretrained(scorer_cfg.model_name_or_path, **options)
     start = time.perf_counter()
@@ -361,12 +371,13 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
     metrics = METRICS[cfg.benchmark](rows)
     model_name = Path(scorer_cfg.model_name_or_path.rstrip("/")).name
     report = {"benchmark": cfg.benchmark, "model": scorer_cfg.model_name_or_path, "n_examples": len(rows),
-              "scoring_seconds": seconds, "metrics": metrics}  # fmt: skip
+              "skipped": skipped.to_dict(), "scoring_seconds": seconds, "metrics": metrics}  # fmt: skip
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown_table(cfg.benchmark, model_name, metrics)
-    (out_dir / "results.md").write_text(f"# {cfg.benchmark}: {model_name} ({len(rows)} examples)\n\n{table}")
+    note = f", {skipped.total} skipped: {dict(skipped.counts)}" if skipped.total else ""
+    (out_dir / "results.md").write_text(f"# {cfg.benchmark}: {model_name} ({len(rows)} examples{note})\n\n{table}")
     chart = bar_chart(cfg.benchmark, model_name, metrics, out_dir / "categories.png")
-    write_run_meta(out_dir, [cfg, scorer_cfg], n_examples=len(rows), scoring_seconds=seconds)
+    write_run_meta(out_dir, [cfg, scorer_cfg], n_examples=len(rows), skipped=skipped.to_dict(), scoring_seconds=seconds)
     if cfg.report_to == "wandb":
         _log_wandb(cfg, model_name, metrics, table, chart)
     return out_dir

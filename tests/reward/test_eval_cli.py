@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from common.schema import RecordError
 from reward.evaluate import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +86,19 @@ def test_eval_cli_refuses_bad_config(monkeypatch, tmp_path, tiny_vlm_path):
              "--output_dir", out)  # fmt: skip
     message = str(err.value)
     assert "--benchmark 'vlrb'" in message and "no such file" in message and "--overwrite_output_dir" in message
+
+
+def test_eval_cli_skips_and_counts_rows_whose_image_is_missing(monkeypatch, tmp_path, tiny_vlm_path):
+    rows = json.loads((FIXTURES / "mm_rewardbench.json").read_text())
+    rows.append({**rows[0], "ID": "hateful_memes_9", "Image": "images/not_downloaded.png"})
+    (tmp_path / "images").symlink_to(FIXTURES / "images")
+    data = tmp_path / "all_data.json"
+    data.write_text(json.dumps(rows))
+    args = ["--model", tiny_vlm_path, "--benchmark", "mm_rewardbench", "--data", data]
+    with pytest.raises(RecordError, match=r"'hateful_memes_9' \(#6\), field 'Image\[0\]': cannot open image file"):
+        _run(monkeypatch, *args, "--output_dir", tmp_path / "strict")
+    _run(monkeypatch, *args, "--output_dir", tmp_path / "out", "--on_error", "skip")
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert report["n_examples"] == 6
+    assert report["skipped"]["by_reason"] == {"Image: cannot open image file": 1}
+    assert "1 skipped" in (tmp_path / "out" / "results.md").read_text()
