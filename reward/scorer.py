@@ -34,6 +34,9 @@ from transformers import DynamicCache
 from reward.model import load_reward_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Inputs are encoded (pixels included) and length-sorted this many batches at a time: a full-resolution image is
+# ~25 MB of pixel patches, so the window bounds host memory while still grouping similar lengths.
+_WINDOW_BATCHES = 8
 
 
 @dataclass
@@ -199,8 +202,7 @@ class RewardScorer:
         """
         scores: list[float] = [math.nan] * len(conversations)
         bar = tqdm(total=len(conversations), desc="scoring", disable=not self.config.progress, unit="conv")
-        # Encode a window at a time (bounded memory), sort it by length, batch it.
-        for window in _windows(len(conversations), 32 * self.config.batch_size):
+        for window in _windows(len(conversations), _WINDOW_BATCHES * self.config.batch_size):
             encs = {}
             for i in window:
                 conv = conversations[i]
@@ -294,7 +296,7 @@ class RewardScorer:
     def _score_groups_shared(self, groups: Sequence[ScoringGroup]) -> list[list[float]]:
         out: list[list[float]] = [[] for _ in groups]
         bar = tqdm(total=sum(len(g.responses) for g in groups), desc="scoring", disable=not self.config.progress)
-        for window in _windows(len(groups), 32 * self.config.batch_size):
+        for window in _windows(len(groups), _WINDOW_BATCHES * self.config.batch_size):
             split = {g: self._split_group(groups[g], f"group #{g}") for g in window}
             order = sorted(window, key=lambda g: len(split[g]["prefix"]["input_ids"]))
             # Fill each forward with about batch_size responses (whole groups).
