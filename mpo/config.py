@@ -83,7 +83,8 @@ class MPOConfig(DPOConfig):
         default=None, metadata={"help": "Held-out preference records: reports how often log p(chosen) > log p(rej)."}
     )
     eval_every_n_steps: int = field(
-        default=0, metadata={"help": "Also run the evaluation hook every N steps (0: off)."}
+        default=0,
+        metadata={"help": "Also run the evaluation hook before step 1 and every N steps (0: only at the end)."},
     )
     eval_max_new_tokens: int = field(default=16, metadata={"help": "Greedy generation length for eval prompts."})
     wandb_project: str | None = field(

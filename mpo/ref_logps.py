@@ -73,9 +73,9 @@ def default_cache_dir(data_path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def _plain_loading():
-    """Load a full (unpartitioned) model even when a ZeRO-3 config is active: HF would wrap `from_pretrained` in
-    `zero.Init`, and a partitioned model cannot run a forward outside a DeepSpeed engine."""
+def without_zero3_init():
+    """Load and run a full (unpartitioned) model even when a ZeRO-3 config is active: HF would wrap
+    `from_pretrained` in `zero.Init`, and a partitioned model cannot run a forward outside a DeepSpeed engine."""
     from transformers.integrations import deepspeed as hf_deepspeed
 
     saved = hf_deepspeed._hf_deepspeed_config_weak_ref
@@ -139,12 +139,12 @@ def attach_ref_logps(
     cached = path.exists()
     if not cached:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        with _plain_loading():
+        with without_zero3_init():
             model = AutoModelForImageTextToText.from_pretrained(ref_model, dtype=dtype)
-        ensure_fused_lm_head(model)
-        model.to(_device()).eval()
-        shard = compute_ref_logps(model, dataset, PairCollator(processor, max_length), batch_size, rank, world)
-        del model
+            ensure_fused_lm_head(model)
+            model.to(_device()).eval()
+            shard = compute_ref_logps(model, dataset, PairCollator(processor, max_length), batch_size, rank, world)
+            del model
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -21,7 +21,7 @@ from common.io import SkipLog, read_records
 from common.processor import load_processor
 from mpo.config import MPOConfig
 from mpo.evaluate import Scorer, evaluate_policy
-from mpo.ref_logps import attach_ref_logps
+from mpo.ref_logps import attach_ref_logps, without_zero3_init
 from mpo.trainer import MPOTrainer
 
 
@@ -64,8 +64,14 @@ def load_policy(cfg: MPOConfig, dtype: torch.dtype):
 
 
 class _EvalEveryNSteps(TrainerCallback):
+    """Run the evaluation hook before the first step (the starting policy) and every `every` steps."""
+
     def __init__(self, every: int, run):
         self.every, self.run = every, run
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.every and state.global_step == 0:
+            self.run(0)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0:
@@ -76,13 +82,25 @@ def _save_final(trainer: MPOTrainer, cfg: MPOConfig, processor, dtype: torch.dty
     out = Path(cfg.output_dir)
     if not cfg.use_lora:
         trainer.save_model(str(out))
+        zero3 = cfg.deepspeed_plugin is not None and cfg.deepspeed_plugin.zero_stage == 3
+        if zero3 and trainer.is_world_process_zero():
+            # transformers 5 writes ZeRO-3's consolidated weights under other key names ("model.model.layers.*");
+            # it reads them back, other tools may not: load and save once to get the standard layout.
+            with without_zero3_init():  # rank 0 alone: no collective zero.Init
+                model = AutoModelForImageTextToText.from_pretrained(str(out), dtype=dtype)
+            tmp = out / ".standard-layout"
+            model.save_pretrained(str(tmp))
+            for f in tmp.iterdir():
+                os.replace(f, out / f.name)
+            tmp.rmdir()
     else:
         trainer.save_model(str(out / "adapter"))
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():  # merge on a fresh copy of the base: works for any ZeRO stage
             from peft import PeftModel
 
-            base = AutoModelForImageTextToText.from_pretrained(cfg.model_name_or_path, dtype=dtype)
+            with without_zero3_init():  # rank 0 alone: no collective zero.Init
+                base = AutoModelForImageTextToText.from_pretrained(cfg.model_name_or_path, dtype=dtype)
             PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload().save_pretrained(str(out))
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(out))
@@ -159,7 +177,7 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
             if "loss" in h
         ]
         (out / "mpo_history.json").write_text(json.dumps({"train": losses, "eval": history}, indent=2))
-        write_run_meta(out, [cfg], pairs=len(dataset), skipped=skipped.to_dict(), ref_logps=ref_report,
+        write_run_meta(out, [cfg], pairs=len(dataset), world_size=cfg.world_size, skipped=skipped.to_dict(), ref_logps=ref_report,
                        bco_delta=trainer.delta.value, eval=final_eval)  # fmt: skip
     _finish_wandb()
     shutdown(trainer)

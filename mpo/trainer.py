@@ -7,7 +7,7 @@ the collator (`mpo.packing.PairCollator`: each image and prompt encoded once per
 (`mpo.loss.mpo_loss`, with BCO's running reward shift `delta`, which TRL >= 0.29 dropped).
 
 `delta` lives in the `RunningDelta` callback, an `ExportableState`: `Trainer` saves it in each checkpoint's
-`trainer_state.json` and restores it on resume. Every rank folds in the same all-reduced batch mean, so it stays equal
+`trainer_state.json` and we restore it on resume. Every rank folds in the same all-reduced batch mean, so it stays equal
 across ranks.
 """
 
@@ -108,6 +108,14 @@ class MPOTrainer(DPOTrainer):
     def delta(self) -> RunningDelta:
         # `Trainer` replaces the callback object when it restores a checkpoint, so look it up each time.
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RunningDelta))
+
+    def _load_callback_state(self) -> None:
+        # Runs when resuming. `Trainer` restores callback states only if `restore_callback_states_from_checkpoint`;
+        # delta is training state, not an option, so it is restored always.
+        super()._load_callback_state()
+        saved = self.state.stateful_callbacks.get(RunningDelta.__name__)
+        if saved and not self.args.restore_callback_states_from_checkpoint:
+            self.delta.value, self.delta.steps = saved["args"]["value"], saved["args"]["steps"]
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

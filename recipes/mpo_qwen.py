@@ -1,0 +1,34 @@
+"""MPO (Mixed Preference Optimization) of a Qwen2.5-VL policy on preference pairs, with DeepSpeed.
+
+Launch (each YAML's first line repeats its command):
+
+    # 8 GPUs, Qwen2.5-VL-7B-Instruct, ZeRO-3 (set --deepspeed recipes/deepspeed/zero2.json for ZeRO-2)
+    deepspeed recipes/mpo_qwen.py --config recipes/configs/mpo_qwen2_5_vl_7b.yaml
+    # several nodes: DeepSpeed's hostfile
+    deepspeed --hostfile hostfile recipes/mpo_qwen.py --config recipes/configs/mpo_qwen2_5_vl_7b.yaml
+    # or accelerate
+    accelerate launch --num_processes 8 recipes/mpo_qwen.py --config recipes/configs/mpo_qwen2_5_vl_7b.yaml
+    # tiny CPU run (2 processes) on a model made by common.tiny_vlm.save_tiny_vlm and the toy task
+    deepspeed --num_gpus 2 recipes/mpo_qwen.py --config recipes/configs/mpo_tiny_cpu.yaml \
+        --model_name_or_path outputs/tiny-vlm --train_data outputs/toy/pairs_train --output_dir outputs/mpo-tiny
+
+Any config field can be overridden on the command line (`--beta 0.2`, `--use_lora true`, `--resume_from_checkpoint
+true`). The evaluation hook can take a reward scorer: call `mpo.train.train_mpo(cfg, scorer=...)` from Python with
+`reward.scorer`'s scorer.
+"""
+
+from common.cli import parse_configs
+from common.distributed import init_distributed_early, print0
+from mpo.config import MPOConfig
+from mpo.train import train_mpo
+
+
+def main() -> None:
+    init_distributed_early()  # before any from_pretrained: ZeRO-3's zero.Init must see every rank
+    (cfg,) = parse_configs([MPOConfig])
+    out = train_mpo(cfg)
+    print0(f"MPO model saved to {out}")
+
+
+if __name__ == "__main__":
+    main()
