@@ -1,0 +1,64 @@
+"""Precomputed reference log-probs equal TRL's on-the-fly reference forward; the cache key tracks data and model."""
+
+import shutil
+
+import torch
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+from common.io import read_records
+from common.processor import load_processor
+from mpo.ref_logps import attach_ref_logps, ref_logps_key
+
+
+def _on_the_fly(model, processor, examples):
+    """What TRL's DPOTrainer computes every step for the reference (`compute_ref_log_probs`)."""
+    batch = DataCollatorForVisionPreference(processor)([dict(e) for e in examples])
+    completion_mask = batch.pop("completion_mask")
+    labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
+    with torch.no_grad():
+        logps = model(**batch, labels=labels, fused_lm_head=True, use_cache=False).log_probs.sum(1)
+    return logps.chunk(2)
+
+
+def test_precomputed_equal_on_the_fly(tiny_policy, tiny_vlm_path, toy_data, tmp_path):
+    model, processor = tiny_policy
+    ds = read_records(toy_data["pairs_train"])
+    out, report = attach_ref_logps(ds, toy_data["pairs_train"], str(tiny_vlm_path), processor, None, torch.float32,
+                                   tmp_path / "cache", batch_size=3)  # fmt: skip
+    assert report["cached"] is False
+    rows = [dict(out[i]) for i in range(len(out))]
+    for start in range(0, len(rows), 8):
+        chunk = rows[start : start + 8]
+        chosen, rejected = _on_the_fly(model, processor, chunk)
+        assert (torch.tensor([r["ref_chosen_logps"] for r in chunk]) - chosen).abs().max() <= 1e-4
+        assert (torch.tensor([r["ref_rejected_logps"] for r in chunk]) - rejected).abs().max() <= 1e-4
+    again, report2 = attach_ref_logps(ds, toy_data["pairs_train"], str(tiny_vlm_path), processor, None, torch.float32,
+                                      tmp_path / "cache")  # fmt: skip
+    assert report2 == {**report, "cached": True}
+    assert again["ref_chosen_logps"] == out["ref_chosen_logps"]
+
+
+def test_key_changes_with_data_model_and_settings(tiny_vlm_path, toy_data, tmp_path):
+    processor = load_processor(str(tiny_vlm_path))
+    ds = read_records(toy_data["pairs_train"])
+    args = (toy_data["pairs_train"], str(tiny_vlm_path), processor, 256, torch.float32)
+    key = ref_logps_key(ds, *args)
+    assert ref_logps_key(ds, *args) == key
+    # Another reference model: one changed weight file.
+    other = tmp_path / "model"
+    shutil.copytree(tiny_vlm_path, other)
+    (other / "config.json").write_text((other / "config.json").read_text() + "\n")
+    assert ref_logps_key(ds, args[0], str(other), *args[2:]) != key
+    # Other data: same records minus one, and a changed file on disk.
+    assert ref_logps_key(ds.select(range(len(ds) - 1)), *args) != key
+    data = tmp_path / "data"
+    shutil.copytree(toy_data["pairs_train"], data)
+    assert ref_logps_key(ds, str(data), *args[1:]) == key  # the same content elsewhere: same key
+    arrow = next(data.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes() + b"\0")
+    assert ref_logps_key(ds, str(data), *args[1:]) != key
+    # Settings the numbers depend on.
+    assert ref_logps_key(ds, *args[:3], 128, torch.float32) != key
+    assert ref_logps_key(ds, *args[:4], torch.bfloat16) != key
+    small = load_processor(str(tiny_vlm_path), max_pixels=28 * 28 * 16)
+    assert ref_logps_key(ds, args[0], args[1], small, 256, torch.float32) != key
