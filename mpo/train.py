@@ -84,10 +84,13 @@ def _save_final(trainer: MPOTrainer, cfg: MPOConfig, processor, dtype: torch.dty
         trainer.save_model(str(out))
         zero3 = cfg.deepspeed_plugin is not None and cfg.deepspeed_plugin.zero_stage == 3
         if zero3 and trainer.is_world_process_zero():
-            # transformers 5 writes ZeRO-3's consolidated weights under other key names ("model.model.layers.*");
-            # it reads them back, other tools may not: load and save once to get the standard layout.
+            # transformers 5 writes ZeRO-3's consolidated weights under other key names ("model.model.layers.*")
+            # and keeps them when a model loaded from them is saved again; it reads them back, other tools may not.
             with without_zero3_init():  # rank 0 alone: no collective zero.Init
-                model = AutoModelForImageTextToText.from_pretrained(str(out), dtype=dtype)
+                loaded = AutoModelForImageTextToText.from_pretrained(str(out), dtype=dtype)
+                with torch.device("meta"):  # a model that never saw the odd names saves the standard ones
+                    model = AutoModelForImageTextToText.from_config(loaded.config, dtype=dtype)
+            model.load_state_dict(loaded.state_dict(), assign=True)
             tmp = out / ".standard-layout"
             model.save_pretrained(str(tmp))
             for f in tmp.iterdir():
