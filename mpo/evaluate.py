@@ -13,6 +13,7 @@ gathered on each rank for the duration (generation runs a different number of st
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,20 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def _by_source(counts: dict) -> dict[str, float]:
+    """Accuracy per record `source`, merged across ranks."""
+    parts = [dict(counts)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, dict(counts))
+    merged = collections.defaultdict(lambda: [0, 0])
+    for part in parts:
+        for source, (ok, n) in part.items():
+            merged[source][0] += ok
+            merged[source][1] += n
+    return {source: ok / n for source, (ok, n) in sorted(merged.items())}
 
 
 def _gathered(model):
@@ -86,13 +101,17 @@ def prompt_metrics(
     """`{"accuracy", "judged", "mean_reward", "prompts"}` from greedy answers (keys present when computable)."""
     idx = list(_shard(len(prompts)))
     correct = judged = reward_sum = 0.0
+    by_source = collections.defaultdict(lambda: [0, 0])  # source -> [correct, judged]
     for start in range(0, len(idx), batch_size):
         records = [prompts[i] for i in idx[start : start + batch_size]]
         responses = generate_answers(model, processor, records, max_new_tokens)
         for rec, resp in zip(records, responses):
             if rec.get("answer") is not None:
+                ok = is_correct(resp, rec["answer"], rec.get("choices") or [rec["answer"]])
                 judged += 1
-                correct += is_correct(resp, rec["answer"], rec.get("choices") or [rec["answer"]])
+                correct += ok
+                by_source[rec.get("source") or "-"][0] += ok
+                by_source[rec.get("source") or "-"][1] += 1
         if scorer is not None:
             scored = [{"id": r["id"], "prompt": r["prompt"], "images": r["images"], "response": s}
                       for r, s in zip(records, responses)]  # fmt: skip
@@ -100,7 +119,7 @@ def prompt_metrics(
     correct, judged, reward_sum, n = _all_sum([correct, judged, reward_sum, len(idx)], model.device)
     out = {"prompts": int(n)}
     if judged:
-        out.update(accuracy=correct / judged, judged=int(judged))
+        out.update(accuracy=correct / judged, judged=int(judged), accuracy_by_source=_by_source(by_source))
     if scorer is not None:
         out["mean_reward"] = reward_sum / max(n, 1)
     return out

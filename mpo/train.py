@@ -171,7 +171,10 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
     trainer = MPOTrainer(load_policy(cfg, dtype), cfg, dataset, processor, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint or None)
     _save_final(trainer, cfg, processor, dtype)
-    final_eval = run_eval(trainer.state.global_step) if (eval_pairs or eval_prompts) else {}
+    final_eval = {}
+    if eval_pairs or eval_prompts:  # the every-N hook may have just run at this step
+        done = history and history[-1]["step"] == trainer.state.global_step
+        final_eval = history[-1] if done else run_eval(trainer.state.global_step)
 
     if trainer.is_world_process_zero():
         losses = [
