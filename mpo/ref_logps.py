@@ -88,7 +88,9 @@ def without_zero3_init():
 
 def _device() -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)  # NCCL's all_gather_object sends from the current device
+        return device
     return torch.device("cpu")
 
 
