@@ -2,6 +2,8 @@
 
     python benchmarks/bench_mpo.py                      # CPU: TinyVLMSpec "small", 448x448 images, batch 4 pairs
     python benchmarks/bench_mpo.py --steps 10 --out outputs/bench_mpo.json
+    # GPU, 7B-wide shape cut to a few layers so that TRL's policy + reference + AdamW fit on one card
+    python benchmarks/bench_mpo.py --preset 7b --spec '{"num_hidden_layers": 4, "vision_depth": 8}' --image_size 896
 
 Both sides train the same random-weight Qwen2.5-VL (the policy nudged off the reference so every loss term is live)
 on the same toy pairs, image-heavy: 256 image tokens + ~20 prompt tokens per pair against ~8 response tokens.
@@ -34,11 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _setup(work: Path, n_pairs: int, image_size: int) -> tuple[Path, Path]:
+def _setup(work: Path, n_pairs: int, image_size: int, preset: str, spec: dict) -> tuple[Path, Path]:
     from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm
     from common.toy_task import ToyTaskConfig, write_toy_task
 
-    model = save_tiny_vlm(work / "model", TinyVLMSpec.preset("small"))
+    model = save_tiny_vlm(work / "model", TinyVLMSpec.preset(preset, **spec))
     toy = ToyTaskConfig(n_train=n_pairs, n_eval=1, kinds=("color", "shape", "count"), image_size=image_size)
     return model, write_toy_task(work / "toy", toy)["pairs_train"]
 
@@ -145,6 +147,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="timed steps per side (after warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--image_size", type=int, default=448, help="toy image side: 448 -> 256 image tokens")
+    p.add_argument("--preset", default="small", help="TinyVLMSpec preset of the random model")
+    p.add_argument("--spec", default="{}", help="JSON overrides of the preset, e.g. '{\"num_hidden_layers\": 4}'")
     p.add_argument("--out", default="outputs/bench_mpo.json", help="where the JSON result goes")
     p.add_argument("--side", choices=["trl", "ours"], help=argparse.SUPPRESS)  # child mode
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -156,7 +160,8 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="bench_mpo_"))
-    model, data = _setup(work, n_pairs=max(8, a.batch_size * (a.steps + a.warmup) // 3 + 1), image_size=a.image_size)
+    n_pairs = max(8, a.batch_size * (a.steps + a.warmup) // 3 + 1)
+    model, data = _setup(work, n_pairs, a.image_size, a.preset, json.loads(a.spec))
     results = {}
     for side in ("trl", "ours"):
         cmd = [sys.executable, __file__, "--side", side, "--model", str(model), "--data", str(data),
@@ -171,9 +176,11 @@ def main() -> None:
         "peak_memory_ratio": ours["peak_mb"] / trl["peak_mb"],
         "same_loss_abs_diff": abs(trl["first_batch_loss"] - ours["first_batch_loss"]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "preset": a.preset,
+        "spec": json.loads(a.spec),
         "torch_threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
     }
-    print(f"shape: TinyVLMSpec('small'), {a.batch_size} pairs/step, {ours.get('image_tokens_per_pair')} image tokens, "
+    print(f"shape: TinyVLMSpec.preset({a.preset!r}, **{a.spec}), {a.batch_size} pairs/step, {ours.get('image_tokens_per_pair')} image tokens, "
           f"{ours['prompt_tokens_per_pair']:.0f} prompt tokens (image included), "
           f"{ours['response_tokens_per_pair']:.1f} response tokens per pair, device {ours['device']}")  # fmt: skip
     print(f"| {'':28} | {'step (s)':>9} | {'peak mem (MiB)':>14} | {'loss, 1st batch':>16} |")
