@@ -386,7 +386,9 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
 def _log_wandb(cfg: EvalConfig, model_name: str, metrics: Mapping[str, Any], table: str, chart: Path) -> None:
     import wandb
 
-    run = wandb.init(name=cfg.run_name or f"{model_name}-{cfg.benchmark}", job_type="eval", config=vars(cfg))
+    # dir: the run lands beside the outputs it describes (wandb/offline-run-* under output_dir).
+    run = wandb.init(name=cfg.run_name or f"{model_name}-{cfg.benchmark}", job_type="eval", config=vars(cfg),
+                     dir=str(cfg.output_dir))  # fmt: skip
     flat = {f"{cfg.benchmark}/{k}": v for k, v in _headline(metrics).items() if v is not None}
     flat.update({f"{cfg.benchmark}/subsets/{k}": v for k, v in (metrics.get("subsets") or {}).items()})
     run.log({**flat, f"{cfg.benchmark}/categories": wandb.Image(str(chart))})

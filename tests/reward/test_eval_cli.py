@@ -69,12 +69,11 @@ def test_eval_cli_naive_path_gives_the_same_predictions_and_wandb_logs(monkeypat
     args = ["--model", tiny_vlm_path, "--benchmark", "vl_rewardbench", "--data", FIXTURES / "vl_rewardbench.parquet"]
     _run(monkeypatch, *args, "--output_dir", tmp_path / "shared")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     _run(monkeypatch, *args, "--output_dir", tmp_path / "naive", "--group_aware", "false", "--report_to", "wandb")
     shared, naive = _predictions(tmp_path / "shared"), _predictions(tmp_path / "naive")
     assert [r["id"] for r in shared] == [r["id"] for r in naive]
     assert max(abs(a - b) for s, v in zip(shared, naive) for a, b in zip(s["scores"], v["scores"])) <= 1e-4
-    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert list((tmp_path / "naive" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
 def test_eval_cli_refuses_bad_config(monkeypatch, tmp_path, tiny_vlm_path):
