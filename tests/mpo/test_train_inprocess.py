@@ -1,0 +1,63 @@
+"""`train_mpo` end to end in one process: bad records skipped and counted, wandb offline, freezing, eval hook."""
+
+import json
+
+import pytest
+from transformers import AutoModelForImageTextToText
+
+from common.io import read_records, write_records
+from mpo.config import MPOConfig
+from mpo.train import freeze_parts, train_mpo
+
+
+def test_train_mpo_in_process(tiny_vlm_path, toy_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    data = tmp_path / "pairs.jsonl"
+    write_records(read_records(toy_data["pairs_train"]).select(range(8)), data)
+    with open(data, "a") as f:  # one record without a rejected response
+        bad = {"id": "bad-1", "prompt": [{"role": "user", "content": "hi"}],
+               "chosen": [{"role": "assistant", "content": "a"}]}  # fmt: skip
+        f.write(json.dumps(bad) + "\n")
+    out = tmp_path / "run"
+    cfg = MPOConfig(output_dir=str(out), use_cpu=True, bf16=False, model_name_or_path=str(tiny_vlm_path),
+                    train_data=str(data), on_bad_record="skip", max_steps=2, per_device_train_batch_size=4,
+                    learning_rate=1e-3, logging_steps=1, save_strategy="no", gradient_checkpointing=False,
+                    report_to="wandb", wandb_project="mpo-test", run_name="tiny", eval_pairs=str(toy_data["pairs_eval"]),
+                    eval_every_n_steps=2)  # fmt: skip
+    assert train_mpo(cfg) == out
+    meta = json.loads((out / "run_meta.json").read_text())
+    assert meta["pairs"] == 8 and meta["skipped"]["total"] == 1
+    assert list(meta["skipped"]["by_reason"]) == ["rejected: missing"]
+    history = json.loads((out / "mpo_history.json").read_text())
+    assert [e["step"] for e in history["eval"]] == [0, 2]  # the starting policy, then after training
+    assert [h["step"] for h in history["train"]] == [1, 2]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    AutoModelForImageTextToText.from_pretrained(out)
+    with pytest.raises(ValueError, match="holds a finished run"):  # never overwritten unless resuming
+        train_mpo(cfg)
+
+
+@pytest.mark.parametrize(
+    "flags,trainable",
+    [((True, False, False), {"merger", "language_model", "lm_head"}),
+     ((False, True, False), {"vision_blocks", "language_model", "lm_head"}),
+     ((False, False, True), {"vision_blocks", "merger"})],
+)  # fmt: skip
+def test_freeze_parts(tiny_vlm_path, flags, trainable):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_path)
+    freeze_parts(model, *flags)
+
+    def part(name):
+        if name.startswith("model.visual.merger"):
+            return "merger"
+        if name.startswith("model.visual"):
+            return "vision_blocks"
+        return "lm_head" if name.startswith("lm_head") else "language_model"
+
+    parts = {}
+    for name, p in model.named_parameters():
+        parts.setdefault(part(name), set()).add(p.requires_grad)
+    assert {k for k, v in parts.items() if v == {True}} == trainable
+    assert all(len(v) == 1 for v in parts.values())  # each part all frozen or all trainable
