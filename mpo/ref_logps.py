@@ -136,11 +136,19 @@ def attach_ref_logps(
     Returns:
         The dataset and a report: `{"key", "path", "cached": bool}`.
     """
-    key = ref_logps_key(dataset, data_path, ref_model, processor, max_length, dtype)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    # Hashing reads every file of the data and the reference (GBs for a 7B): rank 0 does it and tells the others.
+    key = [ref_logps_key(dataset, data_path, ref_model, processor, max_length, dtype) if rank == 0 else None]
+    if world > 1:
+        dist.broadcast_object_list(key, src=0)
+    key = key[0]
     path = Path(cache_dir or default_cache_dir(data_path)) / f"{key}.parquet"
     cached = path.exists()
+    if world > 1:  # every rank must take the same branch (the pass has collectives)
+        flags = [cached]
+        dist.broadcast_object_list(flags, src=0)
+        cached = flags[0]
     if not cached:
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         with without_zero3_init():
             model = AutoModelForImageTextToText.from_pretrained(ref_model, dtype=dtype)
             ensure_fused_lm_head(model)
