@@ -7,23 +7,14 @@ from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 from mpo.packing import BlankImage, PairCollator, pack_pairs, pair_logps
 
 
-def _trl_logps(model, processor, examples):
-    batch = DataCollatorForVisionPreference(processor)([dict(e) for e in examples])
-    completion_mask = batch.pop("completion_mask")
-    labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
-    with torch.no_grad():
-        out = model(**batch, labels=labels, fused_lm_head=True, use_cache=False)
-    return out.log_probs.sum(1).chunk(2), completion_mask.sum(1).chunk(2)
-
-
 @pytest.mark.parametrize("rows", [[0, 1, 2, 3], [3], [0], [1, 3, 5, 7]])  # mixed, text only, image only, mixed
-def test_packed_logps_equal_trl_unpacked(tiny_policy, toy_pairs, rows):
+def test_packed_logps_equal_trl_unpacked(tiny_policy, toy_pairs, trl_pair_logps, rows):
     model, processor = tiny_policy
     examples = [toy_pairs[i] for i in rows]
     batch = PairCollator(processor)(examples)
     with torch.no_grad():
         ours = pair_logps(model, batch, model.model.get_rope_index, torch.float32)
-    (trl_c, trl_r), (len_c, len_r) = _trl_logps(model, processor, examples)
+    (trl_c, trl_r), (len_c, len_r) = trl_pair_logps(model, processor, examples)
     assert torch.equal(ours.chosen_lengths, len_c) and torch.equal(ours.rejected_lengths, len_r)
     assert (ours.chosen - trl_c).abs().max() <= 1e-4
     assert (ours.rejected - trl_r).abs().max() <= 1e-4

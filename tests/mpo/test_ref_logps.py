@@ -3,24 +3,14 @@
 import shutil
 
 import torch
-from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from common.io import read_records
 from common.processor import load_processor
 from mpo.ref_logps import attach_ref_logps, ref_logps_key
 
 
-def _on_the_fly(model, processor, examples):
-    """What TRL's DPOTrainer computes every step for the reference (`compute_ref_log_probs`)."""
-    batch = DataCollatorForVisionPreference(processor)([dict(e) for e in examples])
-    completion_mask = batch.pop("completion_mask")
-    labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
-    with torch.no_grad():
-        logps = model(**batch, labels=labels, fused_lm_head=True, use_cache=False).log_probs.sum(1)
-    return logps.chunk(2)
-
-
-def test_precomputed_equal_on_the_fly(tiny_policy, tiny_vlm_path, toy_data, tmp_path):
+def test_precomputed_equal_on_the_fly(tiny_policy, tiny_vlm_path, toy_data, trl_pair_logps, tmp_path):
+    """Against what TRL's DPOTrainer computes on the fly for the reference every step."""
     model, processor = tiny_policy
     ds = read_records(toy_data["pairs_train"])
     out, report = attach_ref_logps(ds, toy_data["pairs_train"], str(tiny_vlm_path), processor, None, torch.float32,
@@ -29,7 +19,7 @@ def test_precomputed_equal_on_the_fly(tiny_policy, tiny_vlm_path, toy_data, tmp_
     rows = [dict(out[i]) for i in range(len(out))]
     for start in range(0, len(rows), 8):
         chunk = rows[start : start + 8]
-        chosen, rejected = _on_the_fly(model, processor, chunk)
+        (chosen, rejected), _ = trl_pair_logps(model, processor, chunk)
         assert (torch.tensor([r["ref_chosen_logps"] for r in chunk]) - chosen).abs().max() <= 1e-4
         assert (torch.tensor([r["ref_rejected_logps"] for r in chunk]) - rejected).abs().max() <= 1e-4
     again, report2 = attach_ref_logps(ds, toy_data["pairs_train"], str(tiny_vlm_path), processor, None, torch.float32,
