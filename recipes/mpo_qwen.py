@@ -7,7 +7,7 @@ Launch (each YAML's first line repeats its command):
     # several nodes: DeepSpeed's hostfile
     deepspeed --hostfile hostfile recipes/mpo_qwen.py --config recipes/configs/mpo_qwen2_5_vl_7b.yaml
     # or accelerate
-    accelerate launch --num_processes 8 recipes/mpo_qwen.py --config recipes/configs/mpo_qwen2_5_vl_7b.yaml
+    accelerate launch --use_deepspeed --num_processes 8 recipes/mpo_qwen.py --config recipes/configs/mpo_qwen2_5_vl_7b.yaml
     # tiny CPU run (2 processes) on a model made by common.tiny_vlm.save_tiny_vlm and the toy task
     deepspeed --num_gpus 2 recipes/mpo_qwen.py --config recipes/configs/mpo_tiny_cpu.yaml \
         --model_name_or_path outputs/tiny-vlm --train_data outputs/toy/pairs_train --output_dir outputs/mpo-tiny
