@@ -87,12 +87,25 @@ def test_bad_records_raise_naming_the_record_or_are_counted(tiny_vlm_path, toy_r
     bad = [dict(toy_records[1], id="empty", chosen=[{"role": "assistant", "content": "  "}]),
            {k: v for k, v in toy_records[3].items() if k != "rejected"} | {"id": "norej"}]  # fmt: skip
     path = write_records(toy_records[:2] + bad, tmp_path / "pairs.jsonl")
+    unreadable = dict(toy_records[0], id="no-image", images=["missing.png"])
+    with open(path, "a") as f:
+        f.write(json.dumps(unreadable) + "\n")
     processor = load_reward_model(tiny_vlm_path)[1]
     with pytest.raises(RecordError, match="'empty'.*'chosen'.*empty"):
         read_pairs(str(path), _config(tmp_path, tiny_vlm_path, [], on_bad_record="raise"), processor, SkipLog())
     skipped = SkipLog()
     ds = read_pairs(str(path), _config(tmp_path, tiny_vlm_path, [], on_bad_record="skip"), processor, skipped)
-    assert len(ds) == 2 and dict(skipped.counts) == {"chosen: the response is empty": 1, "rejected: missing": 1}
+    assert len(ds) == 2 and dict(skipped.counts) == {"chosen: the response is empty": 1, "rejected: missing": 1,
+                                                     "images: cannot open image file": 1}  # fmt: skip
+
+
+def test_pixel_bounds_limit_image_tokens(tiny_vlm_path, toy_records):
+    image_pair = toy_records[0]  # a 112x112 image: 16 tokens within the tiny processor's default bounds
+    for max_pixels, tokens in ((None, 16), (28 * 28 * 4, 4)):
+        processor = load_reward_model(tiny_vlm_path, max_pixels=max_pixels)[1]
+        batch = RewardCollator(processor, 512)([image_pair])
+        n = (batch["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum().item()
+        assert n == tokens and pair_lengths(processor, image_pair).chosen == batch["attention_mask"][0].sum().item()
 
 
 def test_margin_reaches_the_batch(tiny_vlm_path, toy_records):
