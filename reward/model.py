@@ -3,7 +3,7 @@
 Score of a conversation = the value head at the last non-pad token (DESIGN.md, "Facts from the paper")::
 
     model, processor = load_reward_model("outputs/tiny-vlm")          # base VLM: head freshly initialised (seeded)
-    model, processor = load_reward_model("Skywork/Skywork-VL-Reward-7B")  # released format: head from value_head.safetensors
+    model, processor = load_reward_model("models/Skywork-VL-Reward-7B")  # released format: head from value_head.safetensors
     rewards = model(**processor(text=..., images=..., return_tensors="pt", padding=True)).rewards   # (B,)
 
 Checkpoint format (what `save_reward_model` writes and the released Skywork-VL-Reward-7B uses): the backbone in the
@@ -199,7 +199,17 @@ register_checkpoint_conversion_mapping(
 
 
 def is_reward_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / VALUE_HEAD_FILE).is_file()
+    return value_head_file(path) is not None
+
+
+def value_head_file(path: str | Path) -> str | None:
+    """`value_head.safetensors` of a local folder, or of a hub repo (downloaded) when `path` is not a folder."""
+    if Path(path).is_dir():
+        local = Path(path) / VALUE_HEAD_FILE
+        return str(local) if local.is_file() else None
+    from transformers.utils import cached_file
+
+    return cached_file(str(path), VALUE_HEAD_FILE, _raise_exceptions_for_missing_entries=False)
 
 
 def load_reward_model(
@@ -214,7 +224,7 @@ def load_reward_model(
 
     Args:
         path: a reward checkpoint (has `value_head.safetensors`) or a base Qwen2.5-VL / Qwen2-VL checkpoint, whose
-            head is then freshly initialised from `head_seed`.
+            head is then freshly initialised from `head_seed`; a local folder, or a hub id where the hub is reachable.
         dtype / device: where the weights go.
         min_pixels / max_pixels: image area bounds for the processor (Qwen's `smart_resize`).
 
@@ -226,8 +236,9 @@ def load_reward_model(
     """
     path = Path(path)
     model, info = VLRewardModel.from_pretrained(path, dtype=dtype, output_loading_info=True)
-    if is_reward_checkpoint(path):
-        model.load_value_head(load_file(path / VALUE_HEAD_FILE), source=str(path / VALUE_HEAD_FILE))
+    head_file = value_head_file(path)
+    if head_file is not None:
+        model.load_value_head(load_file(head_file), source=head_file)
     elif any(k.startswith("v_head.") for k in info["missing_keys"]):  # a base VLM (a Trainer checkpoint has the head)
         model.reset_value_head(head_seed)
     model.to(device).eval()
