@@ -18,6 +18,7 @@ from collections import defaultdict
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import is_peft_model
 from datasets import Dataset
 from transformers import ProcessorMixin, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -85,6 +86,12 @@ class MPOTrainer(DPOTrainer):
         self.beta = args.beta
         self.loss_weights = tuple(args.loss_weights)
 
+        if is_peft_model(model) and args.gradient_checkpointing and args.deepspeed_plugin is not None:
+            if args.deepspeed_plugin.zero_stage == 3:  # as TRL: PEFT + ZeRO-3 needs reentrant checkpointing
+                args.gradient_checkpointing_kwargs = {
+                    **(args.gradient_checkpointing_kwargs or {}),
+                    "use_reentrant": True,
+                }
         vlm = base_vlm(model)
         if args.disable_dropout:
             disable_dropout_in_model(model)
