@@ -171,8 +171,9 @@ class RewardConfig(TrainingArguments):
             problems.append(f"max_length: {self.max_length} is too small")
         if self.remove_unused_columns:
             problems.append("remove_unused_columns: must be False (the collator reads the raw record columns)")
-        if self.use_lora and self.freeze_language_model:
-            problems.append("use_lora with freeze_language_model: LoRA adapts the LM; unfreeze it or drop use_lora")
+        if self.use_lora and (self.freeze_language_model or not self.freeze_vision_tower):
+            problems.append("use_lora: adapters go on the LM and the vision tower stays frozen; set "
+                            "freeze_language_model: false and freeze_vision_tower: true")  # fmt: skip
         if problems:
             raise ValueError("invalid reward training config:\n  " + "\n  ".join(problems))
 

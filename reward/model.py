@@ -199,14 +199,14 @@ register_checkpoint_conversion_mapping(
 
 
 def is_reward_checkpoint(path: str | Path) -> bool:
-    return value_head_file(path) is not None
+    """A local folder with a value head file."""
+    return (Path(path) / VALUE_HEAD_FILE).is_file()
 
 
 def value_head_file(path: str | Path) -> str | None:
-    """`value_head.safetensors` of a local folder, or of a hub repo (downloaded) when `path` is not a folder."""
-    if Path(path).is_dir():
-        local = Path(path) / VALUE_HEAD_FILE
-        return str(local) if local.is_file() else None
+    """`value_head.safetensors` of a local folder, or of a hub repo (downloaded) when `path` is a hub id."""
+    if Path(path).exists() or Path(path).is_absolute() or str(path).count("/") > 1:
+        return str(Path(path) / VALUE_HEAD_FILE) if is_reward_checkpoint(path) else None
     from transformers.utils import cached_file
 
     return cached_file(str(path), VALUE_HEAD_FILE, _raise_exceptions_for_missing_entries=False)

@@ -30,14 +30,20 @@ SUMMARY_FILE = "stage_summary.json"  # written last into a stage's export: its p
 LORA_TARGETS = r".*language_model\..*\.({})$"  # adapters on the LM only, never on the vision tower
 
 
-def apply_freezing(model: VLRewardModel, vision_tower: bool, merger: bool, language_model: bool) -> dict[str, int]:
-    """Set `requires_grad` by part (the head always trains); return trainable parameter counts per part."""
+def apply_freezing(model: VLRewardModel, vision_tower: bool, merger: bool, language_model: bool) -> None:
+    """Set `requires_grad` by part; the head always trains."""
     frozen = {"vision_tower": vision_tower, "merger": merger, "language_model": language_model, "head": False}
+    for name, param in model.named_parameters():
+        param.requires_grad_(not frozen[_part(name)])
+
+
+def trainable_counts(model) -> dict[str, int]:
+    """Trainable parameters per part (`lora` for adapters), full sizes even when ZeRO-3 has partitioned them."""
     counts: dict[str, int] = defaultdict(int)
     for name, param in model.named_parameters():
-        part = _part(name)
-        param.requires_grad_(not frozen[part])
-        counts[part] += getattr(param, "ds_numel", param.numel()) if param.requires_grad else 0  # ZeRO-3: full size
+        name = name.removeprefix("base_model.model.")  # peft's wrapper
+        part = "lora" if ".lora_" in name else _part(name)
+        counts[part] += getattr(param, "ds_numel", param.numel()) if param.requires_grad else 0
     return dict(counts)
 
 
@@ -133,11 +139,12 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
     model, processor = load_reward_model(init_path, dtype=dtype, head_seed=cfg.head_seed,
                                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)  # fmt: skip
     model.always_run_vision = True  # same collectives on every rank under ZeRO-3, text-only batches included
-    trainable = apply_freezing(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
+    apply_freezing(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
     if cfg.use_lora:
         model = add_lora(model, cfg)
         if args.activation_checkpointing:
             model.enable_input_require_grads()
+    trainable = trainable_counts(model)
     skipped = SkipLog()
     train_ds = stage_dataset(stage, cfg, processor, skipped)
     eval_ds = eval_dataset(cfg, processor, skipped)

@@ -151,6 +151,9 @@ def test_lora_trains_adapters_and_head_and_exports_merged(tiny_vlm_path, toy_dat
     cfg = _config(tmp_path, tiny_vlm_path, stages, use_lora=True, lora_r=4, eval_datasets=[str(toy_data["pairs_eval"])])
     export = train_reward_model(cfg)
     summary = json.loads((export / SUMMARY_FILE).read_text())
+    counts = summary["trainable_params"]
+    assert counts["lora"] > 0 and counts["head"] == 65 and counts["merger"] > 0
+    assert counts["language_model"] == 0 and counts["vision_tower"] == 0  # the LM itself only through adapters
     base, merged = load_file(tiny_vlm_path / "model.safetensors"), load_file(export / "model.safetensors")
     assert not any("lora" in k for k in merged) and set(merged) == set(base) - {"lm_head.weight"}
     assert not torch.equal(
