@@ -132,7 +132,10 @@ class RewardConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        raw = json.loads(self.stages) if isinstance(self.stages, str) else self.stages
+        try:
+            raw = json.loads(self.stages) if isinstance(self.stages, str) else self.stages
+        except json.JSONDecodeError as e:
+            raise ValueError(f"stages: not a JSON list of stage mappings ({e}): {self.stages!r}") from e
         self.stages = raw  # kept as plain mappings so the config stays JSON-serialisable
 
     def stage_configs(self) -> list[StageConfig]:

@@ -50,6 +50,11 @@ def test_validate_lists_every_problem(tmp_path):
         assert needle in msg, needle
 
 
+def test_stages_given_as_bad_json_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="stages: not a JSON list"):
+        RewardConfig(output_dir=str(tmp_path), use_cpu=True, stages="[{name: s1}")
+
+
 def test_mixing_weights_scale_the_dataset(toy_data):
     ds = read_records(toy_data["pairs_eval"])  # 16 records
     assert len(_weighted(ds, 0.5, seed=0)) == 8 and len(set(_weighted(ds, 0.5, seed=0)["id"])) == 8
