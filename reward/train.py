@@ -115,20 +115,34 @@ class VLRewardTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def merge_lora_state_dict(state_dict: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A peft LoRA model's full state dict as the plain model's: `W + scaling * B @ A` for adapted layers, the trained
+    copy of `modules_to_save`, peft's prefixes dropped. Works on gathered ZeRO-3 shards (no model is built)."""
+    merged = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("base_model.model.")
+        if ".lora_" in key or ".original_module." in key:
+            continue
+        if ".base_layer." in key:
+            module, name = key.split(".base_layer.")
+            if name == "weight":
+                a, b = state_dict[f"base_model.model.{module}.lora_A.default.weight"], state_dict[
+                    f"base_model.model.{module}.lora_B.default.weight"]  # fmt: skip
+                value = value + scaling * (b.float() @ a.float()).to(value.dtype)
+            key = f"{module}.{name}"
+        merged[key.replace(".modules_to_save.default.", ".")] = value
+    return merged
+
+
 def export_reward_model(trainer: Trainer, processor, path: Path, cfg: RewardConfig) -> None:
     """Save the trained model in the released format; under ZeRO-3 the shards are gathered first (all ranks call)."""
     engine = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
     state_dict = trainer.accelerator.get_state_dict(engine)
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model)
-        if cfg.use_lora:  # merge into a CPU copy: works whatever ZeRO stage partitioned the live model
-            from peft import get_peft_model
-
-            base = model.get_base_model()
-            plain = get_peft_model(VLRewardModel(base.config).to(base.dtype), _lora_config(cfg))
-            plain.load_state_dict(state_dict)
-            model = plain.merge_and_unload()
-            state_dict = model.state_dict()
+        if cfg.use_lora:
+            state_dict = merge_lora_state_dict(state_dict, cfg.lora_alpha / cfg.lora_r)
+            model = model.get_base_model()
         save_reward_model(model, processor, path, state_dict=state_dict)
     trainer.accelerator.wait_for_everyone()
 

@@ -174,3 +174,22 @@ def test_lora_trains_adapters_and_head_and_exports_merged(tiny_vlm_path, toy_dat
     assert not torch.equal(model.v_head.summary.weight, fresh.v_head.summary.weight)  # the head trained in full
     metrics = pair_metrics(model, processor, read_records(toy_data["pairs_eval"]))
     assert metrics["loss"] == pytest.approx(summary["metrics"]["eval_loss"], abs=1e-5)
+
+
+def test_merge_lora_state_dict_by_hand():
+    from reward.train import merge_lora_state_dict
+
+    a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0], [4.0]])  # rank 1: B @ A = [[3, 6], [4, 8]]
+    peft = {
+        "base_model.model.q.base_layer.weight": torch.ones(2, 2),
+        "base_model.model.q.base_layer.bias": torch.zeros(2),
+        "base_model.model.q.lora_A.default.weight": a,
+        "base_model.model.q.lora_B.default.weight": b,
+        "base_model.model.v_head.original_module.summary.weight": torch.zeros(1, 2),
+        "base_model.model.v_head.modules_to_save.default.summary.weight": torch.full((1, 2), 7.0),
+        "base_model.model.norm.weight": torch.ones(2),
+    }
+    merged = merge_lora_state_dict(peft, scaling=0.5)
+    assert sorted(merged) == ["norm.weight", "q.bias", "q.weight", "v_head.summary.weight"]
+    assert torch.equal(merged["q.weight"], torch.tensor([[2.5, 4.0], [3.0, 5.0]]))  # 1 + 0.5 * B @ A
+    assert torch.equal(merged["v_head.summary.weight"], torch.full((1, 2), 7.0))  # the trained copy, not the original

@@ -88,11 +88,13 @@ def test_zero2_two_ranks_recipe_counts_skips_and_logs_to_wandb(tiny_vlm_path, di
 
 
 @pytest.mark.deepspeed
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_one_rank(zero, tiny_vlm_path, toy_data, tmp_path):
+@pytest.mark.parametrize("zero, lora", [("zero2", False), ("zero3", True)])
+def test_one_rank(zero, lora, tiny_vlm_path, toy_data, tmp_path):
+    """One process; the ZeRO-3 run trains LoRA adapters, whose export merges them from the gathered shards."""
     stages = [{"name": "s1", "datasets": {str(toy_data["pairs_train"]): 0.25}, "max_steps": 2}]
     args = _args(tiny_vlm_path, tmp_path / "run", zero, stages, eval_datasets=[toy_data["pairs_eval"]],
-                 per_device_train_batch_size=4)  # fmt: skip
+                 per_device_train_batch_size=4, use_lora=lora, lora_r=4)  # fmt: skip
     run_deepspeed(SCRIPT, args, nprocs=1)
     summary = check_export(tmp_path / "run/s1/model", toy_data["pairs_eval"])
     assert summary["deepspeed"] and summary["world_size"] == 1 and summary["metrics"]["global_step"] == 2
+    assert (summary["trainable_params"].get("lora", 0) > 0) == lora
