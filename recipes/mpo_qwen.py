@@ -13,20 +13,50 @@ Launch (each YAML's first line repeats its command):
         --model_name_or_path outputs/tiny-vlm --train_data outputs/toy/pairs_train --output_dir outputs/mpo-tiny
 
 Any config field can be overridden on the command line (`--beta 0.2`, `--use_lora true`, `--resume_from_checkpoint
-true`). The evaluation hook can take a reward scorer: call `mpo.train.train_mpo(cfg, scorer=...)` from Python with
-`reward.scorer`'s scorer.
+true`). `--eval_reward_model PATH` adds the mean reward of the policy's greedy answers to the evaluation hook
+(`--eval_prompts`), scored by that reward model on every rank (it is loaded once per rank, beside the policy).
 """
+
+import dataclasses
+import os
+from dataclasses import field
+
+import torch
 
 from common.cli import parse_configs
 from common.distributed import init_distributed_early, print0
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
+from reward.scorer import RewardScorer, ScoringGroup
+
+
+@dataclasses.dataclass
+class EvalRewardArgs:
+    eval_reward_model: str | None = field(
+        default=None, metadata={"help": "Reward model that scores the greedy answers to --eval_prompts (mean_reward)."}
+    )
+
+
+def reward_scorer(path: str, cfg: MPOConfig):
+    """The evaluation hook's scorer on this rank's device: one reward per {"prompt", "images", "response"} row."""
+    on_gpu = torch.cuda.is_available() and not cfg.use_cpu
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if on_gpu else "cpu"
+    scorer = RewardScorer.from_pretrained(
+        path, device=device, dtype="bfloat16" if cfg.bf16 else "float32", progress=False
+    )
+
+    def score(rows):
+        groups = [ScoringGroup(r["prompt"], list(r["images"] or []), [r["response"]]) for r in rows]
+        return [s for (s,) in scorer.score_groups(groups)]
+
+    return score
 
 
 def main() -> None:
     init_distributed_early()  # before any from_pretrained: ZeRO-3's zero.Init must see every rank
-    (cfg,) = parse_configs([MPOConfig])
-    out = train_mpo(cfg)
+    cfg, args = parse_configs([MPOConfig, EvalRewardArgs])
+    scorer = reward_scorer(args.eval_reward_model, cfg) if args.eval_reward_model else None
+    out = train_mpo(cfg, scorer=scorer)
     print0(f"MPO model saved to {out}")
 
 
