@@ -27,6 +27,7 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping, r
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from common.processor import load_processor
 
@@ -233,9 +234,23 @@ def load_reward_model(
 
     Raises:
         KeyError / ValueError: `value_head.safetensors` lacks the expected keys or shapes.
+        ValueError: backbone weights are missing from the checkpoint (they would silently stay random).
     """
     path = Path(path)
-    model, info = VLRewardModel.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    # We check the missing keys ourselves below, so transformers' load report (which lists the value head as
+    # MISSING even when value_head.safetensors is about to fill it) is kept out of the user's way.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = VLRewardModel.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing_backbone = sorted(k for k in info["missing_keys"] if not k.startswith("v_head."))
+    if missing_backbone:
+        raise ValueError(
+            f"{path}: {len(missing_backbone)} backbone weight(s) missing from the checkpoint, e.g. "
+            f"{missing_backbone[:3]}; they would stay randomly initialised. Is it a Qwen2-VL / Qwen2.5-VL checkpoint?"
+        )
     head_file = value_head_file(path)
     if head_file is not None:
         model.load_value_head(load_file(head_file), source=head_file)

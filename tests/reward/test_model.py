@@ -133,3 +133,18 @@ def test_qwen2_vl_backbone(tiny_vlm_path, tmp_path, toy_records):
         reloaded.load_value_head(load_file(path / VALUE_HEAD_FILE))
         assert torch.equal(reloaded(**batch).rewards, model(**batch).rewards)
     assert json.loads((path / "config.json").read_text())["architectures"] == ["Qwen2VLForConditionalGeneration"]
+
+
+def test_missing_backbone_weights_are_refused(tiny_vlm_path, tmp_path):
+    """A checkpoint without some backbone weights must not load them silently as random ones."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_vlm_path, broken)
+    weights = load_file(broken / "model.safetensors")
+    dropped = [k for k in weights if "layers.1.mlp" in k]
+    assert dropped
+    save_file({k: v for k, v in weights.items() if k not in dropped}, broken / "model.safetensors",
+              metadata={"format": "pt"})  # fmt: skip
+    with pytest.raises(ValueError, match=r"backbone weight\(s\) missing"):
+        load_reward_model(broken)
