@@ -10,7 +10,14 @@ dropping `video_processor` from it is enough. Without the `AutoProcessor.registe
 
 from __future__ import annotations
 
-from transformers import AutoProcessor, ProcessorMixin, Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+from transformers import (
+    AutoProcessor,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLProcessor,
+)
 from transformers.image_processing_utils import SizeDict
 
 
@@ -27,9 +34,23 @@ class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
         )
 
 
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    """`Qwen2VLProcessor` with images and text only, for Qwen2-VL checkpoints."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **kwargs,
+        )
+
+
 def register_image_only_processor() -> None:
-    """Make `AutoProcessor.from_pretrained` return `Qwen2_5_VLImageOnlyProcessor` for Qwen2.5-VL folders."""
+    """Make `AutoProcessor.from_pretrained` return the image-only processors for Qwen2.5-VL and Qwen2-VL folders."""
     AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)
+    AutoProcessor.register(Qwen2VLConfig, Qwen2VLImageOnlyProcessor, exist_ok=True)
 
 
 def load_processor(path: str, min_pixels: int | None = None, max_pixels: int | None = None) -> ProcessorMixin:

@@ -134,6 +134,17 @@ def test_qwen2_vl_backbone(tiny_vlm_path, tmp_path, toy_records):
         assert torch.equal(reloaded(**batch).rewards, model(**batch).rewards)
     assert json.loads((path / "config.json").read_text())["architectures"] == ["Qwen2VLForConditionalGeneration"]
 
+    # end to end through load_reward_model, with a Qwen2-VL processor saved beside the weights
+    from common.processor import Qwen2VLImageOnlyProcessor
+
+    Qwen2VLImageOnlyProcessor(processor.image_processor, processor.tokenizer, processor.chat_template).save_pretrained(
+        tmp_path / "vlm"
+    )
+    loaded, loaded_processor = load_reward_model(tmp_path / "vlm")
+    assert isinstance(loaded_processor, Qwen2VLImageOnlyProcessor)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**batch).last_hidden_state, vlm.model(**batch).last_hidden_state)
+
 
 def test_missing_backbone_weights_are_refused(tiny_vlm_path, tmp_path):
     """A checkpoint without some backbone weights must not load them silently as random ones."""
