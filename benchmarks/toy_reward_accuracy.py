@@ -57,11 +57,8 @@ def _blank(path: Path, out: Path) -> Path:
 def _spec(cfg: ToyAccuracyConfig) -> TinyVLMSpec:
     if cfg.hidden_size is None:
         return TinyVLMSpec.preset(cfg.preset, seed=cfg.seed)
-    half = cfg.hidden_size // TinyVLMSpec.preset(cfg.preset).num_attention_heads // 2
-    hw = (half - half // 4) // 2  # Qwen2.5-VL's split of the rotary half: 1/4 time, 3/8 height, 3/8 width
-    section = (half - 2 * hw, hw, hw)
     return TinyVLMSpec.preset(cfg.preset, hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
-                              mrope_section=section, seed=cfg.seed)  # fmt: skip
+                              seed=cfg.seed)  # mrope section follows the width  # fmt: skip
 
 
 def main(cfg: ToyAccuracyConfig) -> dict:

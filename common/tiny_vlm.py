@@ -80,7 +80,17 @@ class TinyVLMSpec:
         }  # fmt: skip
         if name not in presets:
             raise ValueError(f"unknown TinyVLMSpec preset {name!r}; choose one of {sorted(presets)}")
-        return dataclasses.replace(cls(), **{**presets[name], **overrides})
+        spec = dataclasses.replace(cls(), **{**presets[name], **overrides})
+        if "mrope_section" not in overrides and ("hidden_size" in overrides or "num_attention_heads" in overrides):
+            spec.mrope_section = mrope_section_for(spec.hidden_size // spec.num_attention_heads)
+        return spec
+
+
+def mrope_section_for(head_dim: int) -> tuple[int, int, int]:
+    """Qwen2.5-VL's split of the rotary half-dimension: 1/4 time, 3/8 height, 3/8 width (7B: 16, 24, 24)."""
+    half = head_dim // 2
+    hw = (half - half // 4) // 2
+    return half - 2 * hw, hw, hw
 
 
 def qwen2_5_vl_chat_template() -> str:

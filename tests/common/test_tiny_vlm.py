@@ -107,3 +107,12 @@ def test_7b_shape_config():
         model = AutoModelForImageTextToText.from_config(config)
     n = sum(p.numel() for p in model.parameters())
     assert 8.0e9 < n < 8.6e9  # Qwen2.5-VL-7B has 8.29 B parameters
+
+
+def test_wider_preset_keeps_the_rotary_split_valid():
+    spec = TinyVLMSpec.preset("tiny", hidden_size=128)
+    assert spec.mrope_section == (4, 6, 6)  # head_dim 32: 1/4 time, 3/8 height, 3/8 width of the half
+    assert TinyVLMSpec.preset("7b").mrope_section == (16, 24, 24)
+    model, processor = build_tiny_vlm(spec)
+    with torch.no_grad():
+        assert torch.isfinite(model(**_inputs(processor, 1)).logits).all()
