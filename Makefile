@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/torch_extensions
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test lint clean
 
 install: $(STAMP)
 
@@ -25,7 +25,8 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python recipes/demo.py --output_dir outputs/demo
+	rm -rf outputs/demo
+	$(BIN)/python recipes/demo.py --root outputs/demo
 
 test: install
 	$(BIN)/python -m pytest -q tests
