@@ -21,30 +21,25 @@ from transformers import (
 from transformers.image_processing_utils import SizeDict
 
 
-class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
+class _ImageOnly:
+    """Drops `video_processor` from `__init__`'s signature, hence from the processor's sub-processors."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **kwargs,
+        )
+
+
+class Qwen2_5_VLImageOnlyProcessor(_ImageOnly, Qwen2_5_VLProcessor):
     """`Qwen2_5_VLProcessor` with images and text only (no video processor, hence no torchvision)."""
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=chat_template,
-            **kwargs,
-        )
 
-
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+class Qwen2VLImageOnlyProcessor(_ImageOnly, Qwen2VLProcessor):
     """`Qwen2VLProcessor` with images and text only, for Qwen2-VL checkpoints."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=chat_template,
-            **kwargs,
-        )
 
 
 def register_image_only_processor() -> None:

@@ -148,14 +148,8 @@ def _check_response(record: Mapping, key: str, ref: str) -> list[dict]:
     return messages
 
 
-def validate_preference_record(
-    record: Mapping[str, Any], index: int | None = None, base_dir: str | None = None
-) -> dict[str, Any]:
-    """Check a preference record and return it normalised (string contents as text parts, paths resolved).
-
-    Raises:
-        RecordError: naming the record and the field at fault.
-    """
+def _check_id_and_prompt(record: Any, index: int | None) -> tuple[str, dict[str, Any]]:
+    """What both record kinds start with: a dict with an `id` and a `prompt`; returns (ref, normalised copy)."""
     ref = record_ref(record, index) if isinstance(record, Mapping) else f"#{index}"
     if not isinstance(record, Mapping):
         raise RecordError(ref, "<record>", f"expected a dict, got {type(record).__name__}")
@@ -164,6 +158,18 @@ def validate_preference_record(
     if "prompt" not in record:
         raise RecordError(ref, "prompt", "missing")
     out["prompt"] = normalize_messages(record["prompt"], ref, "prompt")
+    return ref, out
+
+
+def validate_preference_record(
+    record: Mapping[str, Any], index: int | None = None, base_dir: str | None = None
+) -> dict[str, Any]:
+    """Check a preference record and return it normalised (string contents as text parts, paths resolved).
+
+    Raises:
+        RecordError: naming the record and the field at fault.
+    """
+    ref, out = _check_id_and_prompt(record, index)
     out["chosen"] = _check_response(record, "chosen", ref)
     out["rejected"] = _check_response(record, "rejected", ref)
     out["images"] = _check_images(record, out["prompt"], ref, base_dir)
@@ -181,14 +187,7 @@ def validate_prompt_record(
     record: Mapping[str, Any], index: int | None = None, base_dir: str | None = None
 ) -> dict[str, Any]:
     """Check a prompt record (`id`, `prompt`, `images`, optional `answer`/`choices`/`source`); return it normalised."""
-    ref = record_ref(record, index) if isinstance(record, Mapping) else f"#{index}"
-    if not isinstance(record, Mapping):
-        raise RecordError(ref, "<record>", f"expected a dict, got {type(record).__name__}")
-    out = dict(record)
-    out["id"] = _check_id(record, ref)
-    if "prompt" not in record:
-        raise RecordError(ref, "prompt", "missing")
-    out["prompt"] = normalize_messages(record["prompt"], ref, "prompt")
+    ref, out = _check_id_and_prompt(record, index)
     if out["prompt"][-1]["role"] != "user":
         raise RecordError(ref, "prompt", "the last message must be the user's")
     out["images"] = _check_images(record, out["prompt"], ref, base_dir)
