@@ -1,7 +1,7 @@
 """Write the toy task (coloured shapes): preference pairs and prompts with ground truth, train and held-out.
 
-    python recipes/make_toy_data.py --output_dir outputs/toy --n_train 512 --n_eval 128
-    python recipes/make_toy_data.py --output_dir outputs/toy_jsonl --fmt jsonl --kinds color shape
+python recipes/make_toy_data.py --output_dir outputs/toy --n_train 512 --n_eval 128
+python recipes/make_toy_data.py --output_dir outputs/toy_jsonl --fmt jsonl --kinds color shape
 """
 
 import dataclasses
