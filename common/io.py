@@ -178,6 +178,19 @@ def records_to_dataset(records: list[Mapping[str, Any]]) -> Dataset:
     return ds.cast_column("images", datasets.List(datasets.Image()))
 
 
+def atomic_tmp_path(path: Path) -> Path:
+    """The hidden sibling a file is written to before `os.replace` moves it into place (`.<name>.tmp-<pid>`)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` so that a killed process leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = atomic_tmp_path(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_records(records: Dataset | list[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write records to `.jsonl` (images as PNG files beside it), `.parquet` or a `datasets` folder.
 
@@ -186,7 +199,7 @@ def write_records(records: Dataset | list[Mapping[str, Any]], path: str | os.Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = atomic_tmp_path(path)
     fmt = _file_format(path)
     if fmt == "jsonl":
         image_dir_name = f"{path.stem}.images"

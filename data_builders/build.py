@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -35,7 +34,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
-from common.io import SkipLog, write_records
+from common.io import SkipLog, write_records, write_text_atomic
 from common.schema import RecordError
 from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
@@ -66,12 +65,6 @@ def _chunk_paths(out_dir: Path, chunk: int) -> tuple[Path, Path]:
     return base, base.with_suffix(".json")
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
     """Create `output_dir`, or check that the build already there used the same content fields (then resume).
 
@@ -96,7 +89,7 @@ def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
         (out / "chunks").mkdir(parents=True, exist_ok=True)
         for leftover in (out / "chunks").glob(".*.tmp-*"):  # half-written files of a killed run
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        _write_json_atomic(state, wanted)
+        write_text_atomic(state, json.dumps(wanted, sort_keys=True))
     _barrier()
     return out
 
@@ -234,7 +227,9 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
         data, stats_path = _chunk_paths(out, c)
         if records:
             write_records(records, data)
-        _write_json_atomic(stats_path, {"chunk": c, **stats})  # last: marks the chunk finished
+        write_text_atomic(
+            stats_path, json.dumps({"chunk": c, **stats}, sort_keys=True)
+        )  # last: marks the chunk finished
         n_pairs += len(records)
         bar.set_postfix(pairs=n_pairs)
     bar.close()

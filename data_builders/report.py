@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from common.io import write_text_atomic
 
 HISTOGRAMS = {"reward": "candidate reward", "gap": "pair reward gap (chosen - rejected)",
               "length": "response length (tokens)"}  # fmt: skip
@@ -104,12 +105,6 @@ def _histogram(values: list[float], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(
     out_dir: Path, stats: Mapping[str, Any], read_skips: Mapping, prompts_read: int, meta: Mapping
 ) -> dict:
@@ -117,8 +112,8 @@ def write_report(
     report = build_report(stats, read_skips, prompts_read, meta)
     for name, title in HISTOGRAMS.items():
         _histogram(stats[name], title, out_dir / f"hist_{name}.png")
-    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
-    _write_atomic(out_dir / "report.md", _markdown(report))
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
+    write_text_atomic(out_dir / "report.md", _markdown(report))
     return report
 
 

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, ProcessorMixin
 
+from common.io import atomic_tmp_path
 from mpo.packing import PairCollator, ensure_fused_lm_head, pair_logps
 
 FORMAT_VERSION = 1  # bump when the packed forward or the stored columns change
@@ -173,7 +174,7 @@ def attach_ref_logps(
                 }
             )
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp = atomic_tmp_path(path)
             table.to_parquet(str(tmp))
             os.replace(tmp, path)  # atomic: a killed pass leaves no half file
             meta = {"data": str(data_path), "ref_model": str(ref_model), "n": len(dataset), "dtype": str(dtype)}
