@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 
 import torch
 import torch.distributed as dist
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a launcher's `--master_port` (concurrent launches clash on the default)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launched_distributed() -> bool:

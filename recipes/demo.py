@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from dataclasses import field
 from pathlib import Path
 
 from common.cli import parse_configs
+from common.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,15 +43,9 @@ class DemoConfig:
     mpo_steps: int = field(default=120, metadata={"help": "MPO steps on the reward-ranked pairs (round 1)."})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _deepspeed(script: str, *args: str) -> list[str]:
     launcher = str(Path(sys.executable).parent / "deepspeed")
-    return [launcher, "--num_gpus", "1", "--master_port", str(_free_port()), script, *args]
+    return [launcher, "--num_gpus", "1", "--master_port", str(free_port()), script, *args]
 
 
 def _run(name: str, cmd: list[str]) -> float:

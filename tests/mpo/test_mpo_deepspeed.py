@@ -14,7 +14,8 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from tests.launch import REPO, cpu_env, free_port, run_deepspeed
+from common.distributed import free_port
+from tests.launch import REPO, cpu_env, run_deepspeed
 
 RECIPE = REPO / "recipes" / "mpo_qwen.py"
 PROBE = REPO / "tests" / "mpo" / "ds_mpo_run.py"
