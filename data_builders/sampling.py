@@ -38,6 +38,7 @@ from transformers import (
 )
 
 from common.processor import load_processor
+from common.rope import prompt_rope_positions
 from reward.scorer import load_image
 
 
@@ -160,20 +161,10 @@ class HFSampler:
             warpers.append(TopPLogitsWarper(top_p=params.top_p))
         return warpers
 
-    def _positions(self, inputs) -> tuple[torch.Tensor, int]:
-        """3D positions of the prompt `[3, 1, L]` and the offset text positions continue from."""
-        ids = inputs["input_ids"]
-        if inputs.get("image_grid_thw") is None:
-            return torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1).expand(3, 1, -1), 0
-        position_ids, deltas = self.model.model.get_rope_index(
-            ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
-            attention_mask=inputs["attention_mask"],
-        )  # fmt: skip
-        return position_ids, int(deltas.view(-1)[0])
-
     def _sample_shared_prefill(self, inputs, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
         k, prompt_len = params.num_samples, inputs["input_ids"].shape[1]
-        position_ids, delta = self._positions(inputs)
+        position_ids, next_pos = prompt_rope_positions(self.model.model, inputs)
+        delta = int(next_pos[0]) - prompt_len  # one unpadded prompt: what images shift text positions by
         cache = DynamicCache(config=self.model.config)
         out = self.model(**inputs, position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(k)  # [1, heads, L, d] -> [K, heads, L, d]

@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from common.rope import prompt_rope_positions
 from reward.model import load_reward_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -276,22 +277,6 @@ class RewardScorer:
                     raise ValueError(f"{ref}, response {k}: {cut + len(s)} tokens, more than max_length")
         return {"prefix": prefix, "suffixes": suffixes}
 
-    def _positions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, B, T) rotary positions of a right-padded prefix batch and each row's next text position (B,)."""
-        mask = batch["attention_mask"]
-        if "image_grid_thw" in batch:
-            positions, deltas = self.model.model.get_rope_index(
-                batch["input_ids"],
-                image_grid_thw=batch["image_grid_thw"],
-                attention_mask=mask,
-                mm_token_type_ids=batch["mm_token_type_ids"],
-            )
-            next_pos = mask.sum(-1) + deltas.view(-1).to(mask.device)
-        else:
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0).unsqueeze(0).expand(3, -1, -1)
-            next_pos = mask.sum(-1)
-        return positions, next_pos
-
     @torch.no_grad()
     def _score_groups_shared(self, groups: Sequence[ScoringGroup]) -> list[list[float]]:
         out: list[list[float]] = [[] for _ in groups]
@@ -320,8 +305,8 @@ class RewardScorer:
     def _forward_groups(self, parts: Sequence[dict[str, Any]]) -> list[list[float]]:
         """One prefix forward (with cache) for the groups, then one forward of all their suffixes on that cache."""
         prefix = self._to_model_dtype(self._collate([p["prefix"] for p in parts]))
-        positions, next_pos = self._positions(prefix)
         backbone = self.model.model
+        positions, next_pos = prompt_rope_positions(backbone, prefix)
         cache = DynamicCache(config=backbone.config.get_text_config())
         backbone(**prefix, position_ids=positions, cache=cache, use_cache=True)
         # Row b of the suffix batch continues group owner[b]'s prefix.

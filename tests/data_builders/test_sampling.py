@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from common.rope import prompt_rope_positions
 from data_builders.sampling import HFSampler, PromptTooLong, SamplingParams, prompt_seed
 from data_builders.sources import read_prompts
 
@@ -33,8 +34,9 @@ def test_shared_prefill_equals_generate_num_return_sequences(samplers, prompts, 
 
 def test_image_prompt_uses_3d_positions(samplers, prompts):
     inputs = samplers[0].encode(prompts["toy/color"])
-    position_ids, delta = samplers[0]._positions(inputs)
+    position_ids, next_pos = prompt_rope_positions(samplers[0].model.model, inputs)
     length = inputs["input_ids"].shape[1]
+    delta = int(next_pos[0]) - length
     # image tokens share positions along the temporal axis, so text resumes below the sequence length
     assert delta < 0 and int(position_ids.max()) + 1 == length + delta
     assert "mm_token_type_ids" in inputs and int(inputs["mm_token_type_ids"].sum()) > 0

@@ -65,13 +65,15 @@ def test_group_aware_needs_the_3d_image_positions(scorer, monkeypatch):
     """Resuming text positions at the prefix length (1D thinking) instead of max(3D positions) + 1 shifts scores."""
     groups = [_group(2, 4)]
     naive, _ = _both(scorer, groups)
-    real = scorer._positions
+    import reward.scorer
 
-    def one_d(batch):
-        positions, _ = real(batch)
+    real = reward.scorer.prompt_rope_positions
+
+    def one_d(backbone, batch):
+        positions, _ = real(backbone, batch)
         return positions, batch["attention_mask"].sum(-1)
 
-    monkeypatch.setattr(scorer, "_positions", one_d)
+    monkeypatch.setattr(reward.scorer, "prompt_rope_positions", one_d)
     assert _max_diff(naive, scorer.score_groups(groups)) > TOL
 
 
