@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from common.scoring import ScoringGroup
 from common.tiny_vlm import TinyVLMSpec, build_config, build_processor
 from reward.model import VLRewardModel
-from reward.scorer import DTYPES, RewardScorer, ScorerConfig, ScoringGroup
+from reward.scorer import DTYPES, RewardScorer, ScorerConfig
 
 WORDS = "the a red blue green circle square triangle left right top bottom is are two three shape image shows".split()
 

@@ -36,13 +36,13 @@ from tqdm.auto import tqdm
 from common.cli import write_run_meta
 from common.io import SkipLog, write_records, write_text_atomic
 from common.schema import RecordError
+from common.scoring import Scorer, ScoringGroup
 from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
 from data_builders.report import add_count, log_to_wandb, merge_stats, new_stats, write_report
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed, resolve_device
-from data_builders.scoring import Scorer, make_scorer
+from data_builders.scoring import make_scorer
 from data_builders.sources import read_prompts
-from reward.scorer import ScoringGroup
 
 SAMPLING_FAILED = "sampling failed"
 PROMPT_TOO_LONG = "prompt longer than max_prompt_tokens"

@@ -3,9 +3,9 @@
 * `pairs`: the fraction of held-out preference pairs where the policy gives the chosen response a higher
   log-probability than the rejected one (`pair_accuracy`), from one packed forward per batch.
 * `prompts`: greedy answers to held-out prompts; where a prompt record has `answer` (and `choices`), `accuracy` is
-  the fraction judged correct by `common.toy_task.is_correct`; with a `scorer`, `mean_reward` is the mean of its
-  scores. `mpo` does not import `reward`: the recipe may pass `reward.scorer`'s scorer (any callable taking a list of
-  `{"id", "prompt", "images", "response"}` dicts and returning one float each).
+  the fraction judged correct by `common.toy_task.is_correct`; with a `scorer` (a `common.scoring.Scorer`, e.g.
+  `reward.scorer.RewardScorer` or a reward-server client, passed in by the recipe: `mpo` does not import `reward`),
+  `mean_reward` is the mean of its scores.
 
 Every rank scores its share (every `world_size`-th record) and the sums are all-reduced. Under ZeRO-3 the weights are
 gathered on each rank for the duration (generation runs a different number of steps per rank).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,10 +22,9 @@ from datasets import Dataset
 from transformers import ProcessorMixin
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+from common.scoring import Scorer, ScoringGroup
 from common.toy_task import is_correct
 from mpo.packing import PairCollator, base_vlm, ensure_fused_lm_head, pair_logps
-
-Scorer = Callable[[Sequence[dict]], Sequence[float]]
 
 
 def _shard(n: int) -> range:
@@ -113,9 +111,8 @@ def prompt_metrics(
                 by_source[rec.get("source") or "-"][0] += ok
                 by_source[rec.get("source") or "-"][1] += 1
         if scorer is not None:
-            scored = [{"id": r["id"], "prompt": r["prompt"], "images": r["images"], "response": s}
-                      for r, s in zip(records, responses)]  # fmt: skip
-            reward_sum += float(sum(scorer(scored)))
+            groups = [ScoringGroup(list(r["prompt"]), list(r["images"] or []), [s]) for r, s in zip(records, responses)]
+            reward_sum += float(sum(score for (score,) in scorer.score_groups(groups)))
     correct, judged, reward_sum, n = _all_sum([correct, judged, reward_sum, len(idx)], model.device)
     out = {"prompts": int(n)}
     if judged:

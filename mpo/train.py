@@ -19,8 +19,9 @@ from common.cli import write_run_meta
 from common.distributed import print0, shutdown
 from common.io import SkipLog, read_records
 from common.processor import load_processor
+from common.scoring import Scorer
 from mpo.config import MPOConfig
-from mpo.evaluate import Scorer, evaluate_policy
+from mpo.evaluate import evaluate_policy
 from mpo.ref_logps import attach_ref_logps, without_zero3_init
 from mpo.trainer import MPOTrainer
 

@@ -27,7 +27,7 @@ from common.cli import parse_configs
 from common.distributed import init_distributed_early, print0
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
-from reward.scorer import RewardScorer, ScoringGroup
+from reward.scorer import RewardScorer
 
 
 @dataclasses.dataclass
@@ -37,19 +37,13 @@ class EvalRewardArgs:
     )
 
 
-def reward_scorer(path: str, cfg: MPOConfig):
-    """The evaluation hook's scorer on this rank's device: one reward per {"prompt", "images", "response"} row."""
+def reward_scorer(path: str, cfg: MPOConfig) -> RewardScorer:
+    """The evaluation hook's reward model on this rank's device."""
     on_gpu = torch.cuda.is_available() and not cfg.use_cpu
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if on_gpu else "cpu"
-    scorer = RewardScorer.from_pretrained(
+    return RewardScorer.from_pretrained(
         path, device=device, dtype="bfloat16" if cfg.bf16 else "float32", progress=False
     )
-
-    def score(rows):
-        groups = [ScoringGroup(r["prompt"], list(r["images"] or []), [r["response"]]) for r in rows]
-        return [s for (s,) in scorer.score_groups(groups)]
-
-    return score
 
 
 def main() -> None:

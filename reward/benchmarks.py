@@ -28,7 +28,7 @@ from datasets import Dataset
 
 from common.io import SkipLog
 from common.schema import RecordError, check_image
-from reward.scorer import ScoringGroup
+from common.scoring import ScoringGroup
 
 
 @dataclass

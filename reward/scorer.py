@@ -32,27 +32,13 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from common.rope import prompt_rope_positions
+from common.scoring import ScoringGroup
 from reward.model import load_reward_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Inputs are encoded (pixels included) and length-sorted this many batches at a time: a full-resolution image is
 # ~25 MB of pixel patches, so the window bounds host memory while still grouping similar lengths.
 _WINDOW_BATCHES = 8
-
-
-@dataclass
-class ScoringGroup:
-    """K responses to one prompt: what best-of-K ranking and chosen/rejected pairs look like.
-
-    Args:
-        prompt: the conversation before the answer (TRL conversational messages, `{"type": "image"}` placeholders).
-        images: one image (PIL, path or `{"bytes", "path"}`) per placeholder, in order.
-        responses: the K assistant responses (plain text) to score.
-    """
-
-    prompt: list[dict]
-    images: list
-    responses: list[str]
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from common.io import read_records
+from common.scoring import ScoringGroup
 from reward.model import load_reward_model, save_reward_model
 from reward.scorer import RewardScorer
 from tests.launch import REPO
@@ -54,11 +55,13 @@ def test_mpo_recipe_scores_the_policy_with_a_reward_model(monkeypatch, tmp_path,
     # the hook's scorer gives the reward model's own score of the full conversation
     hook = runpy.run_path(str(REPO / "recipes" / "mpo_qwen.py"))
     cfg = hook["MPOConfig"](output_dir=str(tmp_path / "unused"), use_cpu=True, bf16=False)
-    score = hook["reward_scorer"](str(reward_path), cfg)
+    scorer = hook["reward_scorer"](str(reward_path), cfg)
     prompts = read_records(toy_data["prompts_eval"], kind="prompt").select(range(3))
     rows = [{"id": p["id"], "prompt": p["prompt"], "images": p["images"], "response": f"It is {w}."}
             for p, w in zip(prompts, ["red", "two", "a circle"])]  # fmt: skip
+    groups = [ScoringGroup(r["prompt"], r["images"], [r["response"]]) for r in rows]
+    scores = [s for (s,) in scorer.score_groups(groups)]
     naive = RewardScorer.from_pretrained(str(reward_path), device="cpu", group_aware=False, progress=False).score(
         [{"messages": r["prompt"] + [{"role": "assistant", "content": [{"type": "text", "text": r["response"]}]}],
           "images": r["images"]} for r in rows])  # fmt: skip
-    assert max(abs(a - b) for a, b in zip(score(rows), naive)) <= 1e-4
+    assert max(abs(a - b) for a, b in zip(scores, naive)) <= 1e-4

@@ -15,9 +15,12 @@ def test_evaluate_policy_against_direct_computation(tiny_policy, toy_data):
     prompts = read_records(toy_data["prompts_eval"], "prompt").select(range(8))
     seen = []
 
-    def scorer(records):
-        seen.extend(records)
-        return [float(len(r["response"])) for r in records]
+    class LengthScorer:  # a common.scoring.Scorer: the reward is the response's length
+        def score_groups(self, groups):
+            seen.extend(groups)
+            return [[float(len(r)) for r in g.responses] for g in groups]
+
+    scorer = LengthScorer()
 
     m = evaluate_policy(model, processor, pairs, prompts, scorer, max_new_tokens=6, batch_size=3)
 
@@ -32,6 +35,7 @@ def test_evaluate_policy_against_direct_computation(tiny_policy, toy_data):
     right = [is_correct(a, r["answer"], r["choices"]) for a, r in zip(answers, records)]
     assert m["judged"] == 8 and m["accuracy"] == pytest.approx(sum(right) / 8)
     assert set(m["accuracy_by_source"]) == {r["source"] for r in records}
-    assert [r["response"] for r in seen] == answers  # the scorer saw every greedy answer, with its prompt
+    assert [g.responses for g in seen] == [[a] for a in answers]  # the scorer saw every greedy answer
+    assert [g.prompt for g in seen] == [r["prompt"] for r in records]  # ... with its own prompt and images
+    assert [len(g.images) for g in seen] == [len(r["images"]) for r in records]
     assert m["mean_reward"] == pytest.approx(sum(len(a) for a in answers) / 8)
-    assert {"id", "prompt", "images"} <= set(seen[0])

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reward.scorer import RewardScorer, ScoringGroup, assistant_message
+from common.scoring import ScoringGroup
+from reward.scorer import RewardScorer, assistant_message
 
 TOL = 1e-4
 
