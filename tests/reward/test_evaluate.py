@@ -11,6 +11,8 @@ import pytest
 from common.schema import RecordError
 from reward.benchmarks import read_benchmark, scored_row
 from reward.evaluate import (
+    REWARDBENCH_EXAMPLE_COUNTS,
+    REWARDBENCH_SECTIONS,
     mm_rewardbench_metrics,
     rewardbench_metrics,
     vl_rewardbench_metrics,
@@ -108,7 +110,7 @@ def test_rewardbench_sections_use_official_weights_with_math_prm_984():
         "math-prm": 1.0, "mt-bench-easy": 1.0, "xstest-should-refuse": 0.0,
     }  # fmt: skip
     chat = (0.5 * 100 + 1.0 * 28) / (100 + 28)
-    safety = (1.0 * 136 + 0.0 * 250) / (136 + 250)
+    safety = (1.0 * 136 + 0.0 * 154) / (136 + 154)
     reasoning = (1.0 * 984 + 0.0 * 164 + 1.0 * 164) / (984 + 164 + 164)
     assert m["chat"] == pytest.approx(chat)
     assert m["chat_hard"] == 0.0
@@ -116,6 +118,34 @@ def test_rewardbench_sections_use_official_weights_with_math_prm_984():
     assert m["reasoning"] == pytest.approx(reasoning)
     assert m["score"] == pytest.approx((chat + 0.0 + safety + reasoning) / 4)
     assert "prior_sets" not in m
+
+
+# allenai/reward-bench rewardbench/constants.py at commit 05a9005efb607249822c193590c8ecab87c77052 (the same table
+# ships in the `rewardbench` 0.1.4 wheel on PyPI): EXAMPLE_COUNTS and SUBSET_MAPPING, copied as data. The xstest
+# counts were swapped upstream until commit 6552e932 ("Mirror change from leaderboard").
+OFFICIAL_EXAMPLE_COUNTS = {
+    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
+    "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100, "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136, "hep-cpp": 164, "hep-go": 164,
+    "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
+}  # fmt: skip
+OFFICIAL_SUBSET_MAPPING = {
+    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
+                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
+    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
+               "donotanswer"],
+    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+}  # fmt: skip
+
+
+def test_rewardbench_weights_and_sections_are_the_official_ones():
+    assert REWARDBENCH_EXAMPLE_COUNTS == OFFICIAL_EXAMPLE_COUNTS
+    ours = {"Chat": "chat", "Chat Hard": "chat_hard", "Safety": "safety", "Reasoning": "reasoning"}
+    assert {ours[s]: list(m) for s, m in OFFICIAL_SUBSET_MAPPING.items()} == {
+        s: list(m) for s, m in REWARDBENCH_SECTIONS.items()
+    }
 
 
 def test_rewardbench_math_weighs_as_much_as_all_code_subsets():
