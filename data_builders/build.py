@@ -30,34 +30,23 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
+from common.distributed import barrier, rank_and_world, resolve_device, shard
 from common.io import SkipLog, write_records, write_text_atomic
 from common.schema import RecordError
 from common.scoring import Scorer, ScoringGroup
 from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
 from data_builders.report import add_count, log_to_wandb, merge_stats, new_stats, write_report
-from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed, resolve_device
+from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed
 from data_builders.scoring import make_scorer
 from data_builders.sources import read_prompts
 
 SAMPLING_FAILED = "sampling failed"
 PROMPT_TOO_LONG = "prompt longer than max_prompt_tokens"
 SCORING_FAILED = "scoring failed"
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def _chunk_paths(out_dir: Path, chunk: int) -> tuple[Path, Path]:
@@ -82,7 +71,7 @@ def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
         diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
         raise ValueError(f"output_dir {out} holds a build with a different config {diff} (old, new): "
                          "choose another output_dir or set --overwrite true")  # fmt: skip
-    _barrier()
+    barrier()
     if rank == 0:
         if stale:
             shutil.rmtree(out)
@@ -90,7 +79,7 @@ def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
         for leftover in (out / "chunks").glob(".*.tmp-*"):  # half-written files of a killed run
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         write_text_atomic(state, json.dumps(wanted, sort_keys=True))
-    _barrier()
+    barrier()
     return out
 
 
@@ -204,12 +193,12 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
         ValueError: an invalid config, or an `output_dir` that holds a different build.
     """
     cfg.validate()
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     out = prepare_output_dir(cfg, rank)
     read_skips = SkipLog()
     prompts = read_prompts(cfg.prompts, cfg.prompt_format, cfg.image_root, read_skips, max_prompts=cfg.max_prompts)
     n_chunks = math.ceil(len(prompts) / cfg.chunk_size)
-    mine = list(range(rank, n_chunks, world))
+    mine = list(shard(n_chunks))
     todo = [c for c in mine if not _chunk_paths(out, c)[1].exists()]
     size = lambda c: min(cfg.chunk_size, len(prompts) - c * cfg.chunk_size)  # noqa: E731
     if todo:
@@ -233,7 +222,7 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
         n_pairs += len(records)
         bar.set_postfix(pairs=n_pairs)
     bar.close()
-    _barrier()
+    barrier()
     pairs = out / "pairs"
     if rank == 0:
         pairs, total = merge_chunks(out, n_chunks)
@@ -242,5 +231,5 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
         write_run_meta(out, [cfg], pairs=total["pairs"], prompts=len(prompts))
         if cfg.report_to == "wandb":
             log_to_wandb(report, total, out, cfg.wandb_project, cfg.run_name or out.name, asdict(cfg))
-    _barrier()
+    barrier()
     return pairs

@@ -22,7 +22,6 @@ from `get_rope_index` (it needs the processor's `mm_token_type_ids`); decoding c
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +36,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from common.distributed import resolve_device
 from common.processor import load_processor
 from common.rope import prompt_rope_positions
 from reward.scorer import load_image
@@ -87,13 +87,6 @@ class Sampler(Protocol):
 def prompt_seed(seed: int, prompt_id: str) -> int:
     """A 63-bit seed for one prompt, independent of order, sharding and reruns."""
     return int.from_bytes(hashlib.sha256(f"{seed}/{prompt_id}".encode()).digest()[:8], "little") >> 1
-
-
-def resolve_device(device: str) -> torch.device:
-    """`"auto"`: this rank's GPU (`cuda:LOCAL_RANK`) when there is one, else the CPU."""
-    if device != "auto":
-        return torch.device(device)
-    return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
 
 
 class HFSampler:

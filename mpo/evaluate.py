@@ -14,37 +14,20 @@ gathered on each rank for the duration (generation runs a different number of st
 from __future__ import annotations
 
 import collections
-import contextlib
 
 import torch
-import torch.distributed as dist
 from datasets import Dataset
 from transformers import ProcessorMixin
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+from common.distributed import all_gather_objects, all_reduce_sum, shard, zero3_gathered
 from common.scoring import Scorer, ScoringGroup
 from common.toy_task import is_correct
 from mpo.packing import PairCollator, base_vlm, ensure_fused_lm_head, pair_logps
 
 
-def _shard(n: int) -> range:
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    return range(rank, n, world)
-
-
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t.tolist()
-
-
 def _by_source(counts: dict) -> dict[str, float]:
     """Accuracy per record `source`, merged across ranks."""
-    parts = [dict(counts)]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, dict(counts))
+    parts = all_gather_objects(dict(counts))
     merged = collections.defaultdict(lambda: [0, 0])
     for part in parts:
         for source, (ok, n) in part.items():
@@ -53,26 +36,18 @@ def _by_source(counts: dict) -> dict[str, float]:
     return {source: ok / n for source, (ok, n) in sorted(merged.items())}
 
 
-def _gathered(model):
-    if is_deepspeed_zero3_enabled() and dist.is_initialized():
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def pair_accuracy(model, processor: ProcessorMixin, pairs: Dataset, batch_size: int = 8, max_length=None) -> dict:
     """`{"pair_accuracy", "pairs"}`: how often log p(chosen) > log p(rejected) under `model`."""
     ensure_fused_lm_head(model)
     collator, device = PairCollator(processor, max_length), model.device
-    idx = list(_shard(len(pairs)))
+    idx = list(shard(len(pairs)))
     wins = 0
     for start in range(0, len(idx), batch_size):
         batch = {k: v.to(device) for k, v in collator([pairs[i] for i in idx[start : start + batch_size]]).items()}
         logps = pair_logps(model, batch, base_vlm(model).model.get_rope_index, base_vlm(model).dtype)
         wins += int((logps.chosen > logps.rejected).sum())
-    wins, n = _all_sum([wins, len(idx)], device)
+    wins, n = all_reduce_sum([wins, len(idx)], device)
     return {"pair_accuracy": wins / max(n, 1), "pairs": int(n)}
 
 
@@ -97,7 +72,7 @@ def prompt_metrics(
     batch_size: int = 8,
 ) -> dict:
     """`{"accuracy", "judged", "mean_reward", "prompts"}` from greedy answers (keys present when computable)."""
-    idx = list(_shard(len(prompts)))
+    idx = list(shard(len(prompts)))
     correct = judged = reward_sum = 0.0
     by_source = collections.defaultdict(lambda: [0, 0])  # source -> [correct, judged]
     for start in range(0, len(idx), batch_size):
@@ -113,7 +88,7 @@ def prompt_metrics(
         if scorer is not None:
             groups = [ScoringGroup(list(r["prompt"]), list(r["images"] or []), [s]) for r, s in zip(records, responses)]
             reward_sum += float(sum(score for (score,) in scorer.score_groups(groups)))
-    correct, judged, reward_sum, n = _all_sum([correct, judged, reward_sum, len(idx)], model.device)
+    correct, judged, reward_sum, n = all_reduce_sum([correct, judged, reward_sum, len(idx)], model.device)
     out = {"prompts": int(n)}
     if judged:
         out.update(accuracy=correct / judged, judged=int(judged), accuracy_by_source=_by_source(by_source))
@@ -136,7 +111,7 @@ def evaluate_policy(
     was_training = model.training
     model.eval()
     metrics = {}
-    with _gathered(model):
+    with zero3_gathered(model.parameters()):  # read-only: every rank sees the full weights
         if pairs is not None:
             metrics.update(pair_accuracy(model, processor, pairs, batch_size, max_length))
         if prompts is not None:

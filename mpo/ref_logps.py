@@ -17,10 +17,10 @@ import os
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, ProcessorMixin
 
+from common.distributed import all_gather_objects, barrier, broadcast_object, local_device, rank_and_world
 from common.io import atomic_tmp_path
 from mpo.packing import PairCollator, ensure_fused_lm_head, pair_logps
 
@@ -87,14 +87,6 @@ def without_zero3_init():
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)  # NCCL's all_gather_object sends from the current device
-        return device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def compute_ref_logps(
     model,
@@ -137,33 +129,25 @@ def attach_ref_logps(
     Returns:
         The dataset and a report: `{"key", "path", "cached": bool}`.
     """
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_and_world()
     # Hashing reads every file of the data and the reference (GBs for a 7B): rank 0 does it and tells the others.
-    key = [ref_logps_key(dataset, data_path, ref_model, processor, max_length, dtype) if rank == 0 else None]
-    if world > 1:
-        dist.broadcast_object_list(key, src=0)
-    key = key[0]
+    key = broadcast_object(
+        ref_logps_key(dataset, data_path, ref_model, processor, max_length, dtype) if rank == 0 else None
+    )
     path = Path(cache_dir or default_cache_dir(data_path)) / f"{key}.parquet"
     cached = path.exists()
-    if world > 1:  # every rank must take the same branch (the pass has collectives)
-        flags = [cached]
-        dist.broadcast_object_list(flags, src=0)
-        cached = flags[0]
+    cached = broadcast_object(cached)  # every rank must take the same branch (the pass has collectives)
     if not cached:
         with without_zero3_init():
             model = AutoModelForImageTextToText.from_pretrained(ref_model, dtype=dtype)
             ensure_fused_lm_head(model)
-            model.to(_device()).eval()
+            model.to(local_device()).eval()
             shard = compute_ref_logps(model, dataset, PairCollator(processor, max_length), batch_size, rank, world)
             del model
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        shards = [None] * world
-        if world > 1:
-            dist.all_gather_object(shards, shard)
-        else:
-            shards = [shard]
+        shards = all_gather_objects(shard)
         if rank == 0:
             merged = {i: v for s in shards for i, v in s.items()}
             table = Dataset.from_dict(
@@ -179,8 +163,7 @@ def attach_ref_logps(
             os.replace(tmp, path)  # atomic: a killed pass leaves no half file
             meta = {"data": str(data_path), "ref_model": str(ref_model), "n": len(dataset), "dtype": str(dtype)}
             path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-        if world > 1:
-            dist.barrier()
+        barrier()
     table = Dataset.from_parquet(str(path))
     if len(table) != len(dataset):
         raise ValueError(f"{path}: {len(table)} reference log-probs for {len(dataset)} pairs; delete the file")

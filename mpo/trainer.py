@@ -17,7 +17,6 @@ import contextlib
 from collections import defaultdict
 
 import torch
-import torch.distributed as dist
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from transformers import ProcessorMixin, Trainer, TrainerCallback
@@ -25,6 +24,7 @@ from transformers.trainer_callback import ExportableState
 from trl import DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
+from common.distributed import all_reduce_mean
 from mpo.config import MPOConfig
 from mpo.loss import mpo_loss, update_running_mean
 from mpo.packing import BlankImage, PairCollator, base_vlm, ensure_fused_lm_head, pair_logps
@@ -129,13 +129,6 @@ class MPOTrainer(DPOTrainer):
             self._signature_columns = ["id", "prompt", "chosen", "rejected", "images"]
             self._signature_columns += ["ref_chosen_logps", "ref_rejected_logps"]
 
-    def _mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            value = value.clone()
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-            value = value / dist.get_world_size()
-        return value
-
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         return super().prediction_step(model, inputs, True, ignore_keys)  # the loss is the whole output
 
@@ -147,7 +140,7 @@ class MPOTrainer(DPOTrainer):
         if mode == "train":  # fold this step's batch mean (over all ranks) into delta, then use it
             with torch.no_grad():
                 rewards = self.beta * torch.cat([logps.chosen - ref_chosen, logps.rejected - ref_rejected])
-                self.delta.update(self._mean_across_ranks(rewards.mean().float()).item())
+                self.delta.update(all_reduce_mean(rewards.mean().float()).item())
         out = mpo_loss(
             logps.chosen,
             logps.rejected,

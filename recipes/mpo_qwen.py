@@ -18,10 +18,7 @@ true`). `--eval_reward_model PATH` adds the mean reward of the policy's greedy a
 """
 
 import dataclasses
-import os
 from dataclasses import field
-
-import torch
 
 from common.cli import parse_configs
 from common.distributed import init_distributed_early, print0
@@ -39,8 +36,7 @@ class EvalRewardArgs:
 
 def reward_scorer(path: str, cfg: MPOConfig) -> RewardScorer:
     """The evaluation hook's reward model on this rank's device."""
-    on_gpu = torch.cuda.is_available() and not cfg.use_cpu
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if on_gpu else "cpu"
+    device = "cpu" if cfg.use_cpu else "auto"
     return RewardScorer.from_pretrained(
         path, device=device, dtype="bfloat16" if cfg.bf16 else "float32", progress=False
     )

@@ -24,11 +24,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, Qwen2_5_VLModel, Qwen2VLModel
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from common.distributed import zero3_gathered
 from common.processor import load_processor
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -152,7 +152,7 @@ class VLRewardModel(Qwen2_5_VLPreTrainedModel):
         """Fresh head, deterministic in `seed`: weight ~ N(0, initializer_range), bias 0 (gathers under ZeRO-3)."""
         std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
         generator = torch.Generator().manual_seed(seed)
-        with _gathered(self.v_head.parameters()):
+        with zero3_gathered(self.v_head.parameters(), modifier_rank=0):
             weight = torch.randn(self.v_head.summary.weight.shape, generator=generator) * std
             with torch.no_grad():
                 self.v_head.summary.weight.copy_(weight)
@@ -163,33 +163,13 @@ class VLRewardModel(Qwen2_5_VLPreTrainedModel):
         missing = [k for k in HEAD_KEYS if k not in state]
         if missing:
             raise KeyError(f"{source}: missing {missing}; found {sorted(state)}")
-        with _gathered(self.v_head.parameters()), torch.no_grad():
+        with zero3_gathered(self.v_head.parameters(), modifier_rank=0), torch.no_grad():
             for key, param in zip(HEAD_KEYS, (self.v_head.summary.weight, self.v_head.summary.bias)):
                 if tuple(state[key].shape) != tuple(param.shape):
                     raise ValueError(
                         f"{source}: {key} has shape {tuple(state[key].shape)}, expected {tuple(param.shape)}"
                     )
                 param.copy_(state[key].to(param.dtype))
-
-
-class _gathered:
-    """`deepspeed.zero.GatheredParameters(params, modifier_rank=0)` under ZeRO-3, nothing otherwise."""
-
-    def __init__(self, params):
-        self.params = list(params)
-        self.ctx = None
-
-    def __enter__(self):
-        if is_deepspeed_zero3_enabled():
-            import deepspeed
-
-            self.ctx = deepspeed.zero.GatheredParameters(self.params, modifier_rank=0)
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            return self.ctx.__exit__(*exc)
-        return False
 
 
 # Checkpoints keep the legacy Qwen2-VL key layout (`model.layers.*`, `visual.*`); transformers renames keys on load by

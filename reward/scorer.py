@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from common.distributed import resolve_device
 from common.rope import prompt_rope_positions
 from common.scoring import ScoringGroup
 from reward.model import load_reward_model
@@ -53,7 +54,9 @@ class ScorerConfig:
         },
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16 or float16."})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)."})
+    device: str = field(
+        default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (this rank's GPU when there is one)."}
+    )
     batch_size: int = field(
         default=8, metadata={"help": "Conversations per forward (group-aware: responses per suffix forward)."}
     )
@@ -127,13 +130,10 @@ class RewardScorer:
     def from_pretrained(cls, path: str, **options) -> RewardScorer:
         """Load a reward model folder; `options` are `ScorerConfig` fields."""
         config = ScorerConfig(model_name_or_path=str(path), **options)
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         model, processor = load_reward_model(
             config.model_name_or_path,
             dtype=DTYPES[config.dtype],
-            device=device,
+            device=resolve_device(config.device),
             min_pixels=config.min_pixels,
             max_pixels=config.max_pixels,
         )
