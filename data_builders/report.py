@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common.io import write_text_atomic
+from common.tracking import pyplot, save_figure, wandb_run
 
 HISTOGRAMS = {"reward": "candidate reward", "gap": "pair reward gap (chosen - rejected)",
               "length": "response length (tokens)"}  # fmt: skip
@@ -91,18 +92,11 @@ def _markdown(report: Mapping[str, Any]) -> str:
 
 
 def _histogram(values: list[float], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
     ax.hist([v for v in values if math.isfinite(v)], bins=30)
     ax.set_title(title)
     ax.set_ylabel("count")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(
@@ -122,7 +116,6 @@ def log_to_wandb(report: Mapping[str, Any], stats: Mapping[str, Any], out_dir: P
     """Log the report's counts, histograms and PNGs to a wandb run (offline with WANDB_MODE=offline)."""
     import wandb
 
-    run = wandb.init(project=project, name=name, config=dict(config), dir=str(out_dir))
     flat = {"prompts/processed": report["prompts"]["processed"], "prompts/with_pairs": report["prompts"]["with_pairs"],
             "candidates/generated": report["candidates"]["generated"], "pairs": report["pairs"]}  # fmt: skip
     flat.update({f"prompts/without_pairs/{k}": v for k, v in report["prompts"]["without_pairs"].items()})
@@ -132,6 +125,6 @@ def log_to_wandb(report: Mapping[str, Any], stats: Mapping[str, Any], out_dir: P
         if values:
             flat[f"hist/{hist}"] = wandb.Histogram(values)
         flat[f"plots/{hist}"] = wandb.Image(str(out_dir / f"hist_{hist}.png"))
-    run.log(flat)
-    run.summary.update({k: v for k, v in flat.items() if isinstance(v, int | float)})
-    run.finish()
+    with wandb_run(name, config, out_dir, project=project) as run:
+        run.log(flat)
+        run.summary.update({k: v for k, v in flat.items() if isinstance(v, int | float)})

@@ -20,6 +20,7 @@ from common.distributed import print0, shutdown
 from common.io import SkipLog, read_records
 from common.processor import load_processor
 from common.scoring import Scorer
+from common.tracking import finish_wandb
 from mpo.config import MPOConfig
 from mpo.evaluate import evaluate_policy
 from mpo.ref_logps import attach_ref_logps, without_zero3_init
@@ -186,15 +187,6 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
         (out / "mpo_history.json").write_text(json.dumps({"train": losses, "eval": history}, indent=2))
         write_run_meta(out, [cfg], pairs=len(dataset), world_size=cfg.world_size, skipped=skipped.to_dict(), ref_logps=ref_report,
                        bco_delta=trainer.delta.value, eval=final_eval)  # fmt: skip
-    _finish_wandb()
+    finish_wandb()
     shutdown(trainer)
     return out
-
-
-def _finish_wandb() -> None:
-    try:
-        import wandb
-    except ImportError:
-        return
-    if wandb.run is not None:
-        wandb.finish()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.tracking import pyplot, save_figure, wandb_run
 from reward.scorer import ScorerConfig
 
 # ----------------------------------------------------------------------------------------------- VL-RewardBench
@@ -318,16 +319,11 @@ def markdown_table(benchmark: str, model_name: str, metrics: Mapping[str, Any]) 
 
 def bar_chart(benchmark: str, model_name: str, metrics: Mapping[str, Any], path: Path) -> Path:
     """A bar per category (ours, and the reference where published), percent on the y axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ours = {k: v for k, v in _headline(metrics).items() if v is not None}
     rows = {model_name: ours, **REFERENCE_ROWS[benchmark]}
     names = list(ours)
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 4))
+    fig, ax = pyplot().subplots(figsize=(max(6.0, 1.1 * len(names)), 4))
     for i, (label, values) in enumerate(rows.items()):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(names))]
         ax.bar(xs, [100 * values.get(n, 0.0) for n in names], width, label=label)
@@ -336,9 +332,7 @@ def bar_chart(benchmark: str, model_name: str, metrics: Mapping[str, Any], path:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(benchmark)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -386,11 +380,8 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
 def _log_wandb(cfg: EvalConfig, model_name: str, metrics: Mapping[str, Any], table: str, chart: Path) -> None:
     import wandb
 
-    # dir: the run lands beside the outputs it describes (wandb/offline-run-* under output_dir).
-    run = wandb.init(name=cfg.run_name or f"{model_name}-{cfg.benchmark}", job_type="eval", config=vars(cfg),
-                     dir=str(cfg.output_dir))  # fmt: skip
     flat = {f"{cfg.benchmark}/{k}": v for k, v in _headline(metrics).items() if v is not None}
     flat.update({f"{cfg.benchmark}/subsets/{k}": v for k, v in (metrics.get("subsets") or {}).items()})
-    run.log({**flat, f"{cfg.benchmark}/categories": wandb.Image(str(chart))})
-    run.summary["results_md"] = table
-    wandb.finish()
+    with wandb_run(cfg.run_name or f"{model_name}-{cfg.benchmark}", vars(cfg), cfg.output_dir, job_type="eval") as run:
+        run.log({**flat, f"{cfg.benchmark}/categories": wandb.Image(str(chart))})
+        run.summary["results_md"] = table

@@ -20,6 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from common.cli import write_run_meta
 from common.distributed import is_main_process, print0
 from common.io import SkipLog
+from common.tracking import finish_wandb
 from reward.collator import RewardCollator
 from reward.config import RewardConfig, StageConfig
 from reward.data import eval_dataset, stage_dataset
@@ -248,8 +249,5 @@ def train_reward_model(cfg: RewardConfig, callbacks=()) -> Path:
             export, _ = _train_stage(cfg, stage, init_path, callbacks)
         init_path = str(export)
     if "wandb" in (cfg.report_to or []):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()  # the Trainer never does; without it an offline run has no summary
+        finish_wandb()
     return Path(init_path)
