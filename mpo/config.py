@@ -6,12 +6,17 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from common.vl_training import VLTrainingFields
+
 MPO_LOSS_TYPES = ["sigmoid", "bco_pair", "sft"]
 
 
 @dataclass
-class MPOConfig(DPOConfig):
+class MPOConfig(VLTrainingFields, DPOConfig):
     """Configuration of `mpo.train.train_mpo` (and of `MPOTrainer`).
+
+    The image, bad-record, freezing and LoRA fields are `common.vl_training.VLTrainingFields`, shared with the reward
+    trainer.
 
     The MPO loss is `loss_weights[0] * DPO (sigmoid) + loss_weights[1] * BCO (with the running reward shift delta)
     + loss_weights[2] * SFT`, defaults 0.8 / 0.2 / 1.0 and `beta` 0.1 (InternVL's MPO). TRL's `bco_pair` has no
@@ -47,33 +52,11 @@ class MPOConfig(DPOConfig):
     train_data: str | None = field(
         default=None, metadata={"help": "Preference records (.jsonl, .parquet or datasets folder) to train on."}
     )
-    on_bad_record: str = field(
-        default="raise", metadata={"help": "'raise' stops at the first bad record; 'skip' drops and counts it."}
-    )
-    min_pixels: int | None = field(default=None, metadata={"help": "Lower bound on image area (processor default)."})
-    max_pixels: int | None = field(
-        default=None, metadata={"help": "Upper bound on image area; fewer pixels = fewer image tokens, less memory."}
-    )
     ref_logps_dir: str | None = field(
         default=None,
         metadata={"help": "Where the precomputed reference log-probs are cached; default: '<train_data>.ref_logps'."},
     )
     ref_batch_size: int = field(default=4, metadata={"help": "Pairs per forward in the reference log-prob pass."})
-
-    # What trains.
-    freeze_vision_tower: bool = field(default=False, metadata={"help": "Freeze the ViT blocks and patch embedding."})
-    freeze_merger: bool = field(default=False, metadata={"help": "Freeze the vision-language merger (projector)."})
-    freeze_language_model: bool = field(
-        default=False, metadata={"help": "Freeze the language model (decoder layers, embeddings and LM head)."}
-    )
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of the weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (higher: more capacity and memory)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        metadata={"help": "Language-model modules that get adapters (names inside the decoder layers)."},
-    )
 
     # Evaluation hook and tracking.
     eval_prompts: str | None = field(

@@ -21,24 +21,11 @@ from common.io import SkipLog, read_records
 from common.processor import load_processor
 from common.scoring import Scorer
 from common.tracking import finish_wandb
+from common.vl_training import freeze_parts, lora_target_regex
 from mpo.config import MPOConfig
 from mpo.evaluate import evaluate_policy
 from mpo.ref_logps import attach_ref_logps, without_zero3_init
 from mpo.trainer import MPOTrainer
-
-
-def freeze_parts(model, vision_tower: bool, merger: bool, language_model: bool) -> None:
-    """Turn off gradients for the chosen parts of a Qwen2.5-VL (`model.visual`, its `merger`, the LM + head)."""
-    visual = model.model.visual
-    if vision_tower:
-        for name, p in visual.named_parameters():
-            if not name.startswith("merger."):
-                p.requires_grad_(False)
-    if merger:
-        visual.merger.requires_grad_(False)
-    if language_model:
-        model.model.language_model.requires_grad_(False)
-        model.lm_head.requires_grad_(False)
 
 
 def load_policy(cfg: MPOConfig, dtype: torch.dtype):
@@ -49,13 +36,11 @@ def load_policy(cfg: MPOConfig, dtype: torch.dtype):
         return model
     from peft import LoraConfig, get_peft_model
 
-    # Adapters only in the language model: the vision blocks also have modules named q/k/v/gate/up/down.
-    targets = "|".join(cfg.lora_target_modules)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=rf".*language_model.*\.({targets})",
+        target_modules=lora_target_regex(cfg.lora_target_modules),
     )
     # ZeRO-3 gathers parameters in the dtype of the first one: keep adapters in the base dtype (as TRL does).
     zero3 = cfg.deepspeed_plugin is not None and cfg.deepspeed_plugin.zero_stage == 3

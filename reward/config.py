@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from transformers import TrainingArguments
 
+from common.vl_training import VLTrainingFields
+
 FREEZE_FIELDS = ("freeze_vision_tower", "freeze_merger", "freeze_language_model")
 
 
@@ -67,10 +69,11 @@ def _stage_from_dict(raw: Any, index: int) -> tuple[StageConfig | None, list[str
 
 
 @dataclass
-class RewardConfig(TrainingArguments):
+class RewardConfig(VLTrainingFields, TrainingArguments):
     """Training arguments of a VL reward model (the paper's defaults: lr 1e-5, batch 1, 2 epochs, ViT frozen).
 
-    Everything of `transformers.TrainingArguments` applies (DeepSpeed, checkpointing, `report_to`), per stage.
+    Everything of `transformers.TrainingArguments` applies (DeepSpeed, checkpointing, `report_to`), per stage; the
+    image, bad-record, freezing and LoRA fields are `common.vl_training.VLTrainingFields`, shared with MPO.
     """
 
     model_name_or_path: str | None = field(
@@ -87,10 +90,6 @@ class RewardConfig(TrainingArguments):
         default_factory=list, metadata={"help": "Held-out preference datasets evaluated at the end of every stage."}
     )
     head_seed: int = field(default=0, metadata={"help": "Seed of the value head's initialisation (base VLM only)."})
-    min_pixels: int | None = field(default=None, metadata={"help": "Lower bound on image area (None: processor's)."})
-    max_pixels: int | None = field(
-        default=None, metadata={"help": "Upper bound on image area (None: processor's). Memory grows with it."}
-    )
     max_length: int = field(
         default=4096, metadata={"help": "Longest prompt + response in tokens, image tokens included."}
     )
@@ -101,24 +100,9 @@ class RewardConfig(TrainingArguments):
             "prompt and image tokens alone do not fit are still skipped: image tokens are never cut)."
         },
     )
-    on_bad_record: Literal["raise", "skip"] = field(
-        default="raise",
-        metadata={"help": "A malformed record (missing field, empty response, unreadable image): raise, or skip it "
-                  "and count it in the run summary."},
-    )  # fmt: skip
     freeze_vision_tower: bool = field(default=True, metadata={"help": "Freeze the ViT blocks (the paper does)."})
-    freeze_merger: bool = field(default=False, metadata={"help": "Freeze the vision-to-LM projector (merger)."})
-    freeze_language_model: bool = field(default=False, metadata={"help": "Freeze the LM (the head always trains)."})
     center_rewards_coefficient: float = field(
         default=0.0, metadata={"help": "Weight c of the centering term c * mean((r+ + r-)^2); 0 is off (~0.01 helps)."}
-    )
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters on the LM instead of full weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (higher: more capacity and memory)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        metadata={"help": "LM linear layers that get adapters (the vision tower never does)."},
     )
     # Paper defaults and what this trainer needs, over TrainingArguments' own defaults.
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (the paper's stage 1)."})

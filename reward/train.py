@@ -21,6 +21,7 @@ from common.cli import write_run_meta
 from common.distributed import is_main_process, print0
 from common.io import SkipLog
 from common.tracking import finish_wandb
+from common.vl_training import freeze_parts, lora_target_regex, model_part
 from reward.collator import RewardCollator
 from reward.config import RewardConfig, StageConfig
 from reward.data import eval_dataset, stage_dataset
@@ -28,34 +29,15 @@ from reward.loss import pairwise_reward_loss
 from reward.model import VLRewardModel, is_reward_checkpoint, load_reward_model, save_reward_model
 
 SUMMARY_FILE = "stage_summary.json"  # written last into a stage's export: its presence marks the stage done
-LORA_TARGETS = r".*language_model\..*\.({})$"  # adapters on the LM only, never on the vision tower
-
-
-def apply_freezing(model: VLRewardModel, vision_tower: bool, merger: bool, language_model: bool) -> None:
-    """Set `requires_grad` by part; the head always trains."""
-    frozen = {"vision_tower": vision_tower, "merger": merger, "language_model": language_model, "head": False}
-    for name, param in model.named_parameters():
-        param.requires_grad_(not frozen[_part(name)])
 
 
 def trainable_counts(model) -> dict[str, int]:
     """Trainable parameters per part (`lora` for adapters), full sizes even when ZeRO-3 has partitioned them."""
     counts: dict[str, int] = defaultdict(int)
     for name, param in model.named_parameters():
-        name = name.removeprefix("base_model.model.")  # peft's wrapper
-        part = "lora" if ".lora_" in name else _part(name)
+        part = "lora" if ".lora_" in name else model_part(name)
         counts[part] += getattr(param, "ds_numel", param.numel()) if param.requires_grad else 0
     return dict(counts)
-
-
-def _part(name: str) -> str:
-    if name.startswith("v_head."):
-        return "head"
-    if name.startswith("model.visual.merger."):
-        return "merger"
-    if name.startswith("model.visual."):
-        return "vision_tower"
-    return "language_model"
 
 
 def _lora_config(cfg: RewardConfig):
@@ -66,7 +48,7 @@ def _lora_config(cfg: RewardConfig):
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=LORA_TARGETS.format("|".join(cfg.lora_target_modules)),
+        target_modules=lora_target_regex(cfg.lora_target_modules),
         modules_to_save=modules_to_save,
     )
 
@@ -154,7 +136,7 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
     model, processor = load_reward_model(init_path, dtype=dtype, head_seed=cfg.head_seed,
                                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)  # fmt: skip
     model.always_run_vision = True  # same collectives on every rank under ZeRO-3, text-only batches included
-    apply_freezing(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
+    freeze_parts(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
     if cfg.use_lora:
         model = add_lora(model, cfg)
         if args.activation_checkpointing:

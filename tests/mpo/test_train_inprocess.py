@@ -6,8 +6,9 @@ import pytest
 from transformers import AutoModelForImageTextToText
 
 from common.io import read_records, write_records
+from common.vl_training import freeze_parts
 from mpo.config import MPOConfig
-from mpo.train import freeze_parts, train_mpo
+from mpo.train import train_mpo
 
 
 def test_train_mpo_in_process(tiny_vlm_path, toy_data, tmp_path, monkeypatch):
