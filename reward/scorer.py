@@ -4,17 +4,8 @@
     scorer.score([{"messages": prompt + [assistant], "images": [img]}, ...])   # -> [float, ...]
     scorer.score_groups([ScoringGroup(prompt, [img], ["answer A", "answer B", ...]), ...])  # -> [[float] * K, ...]
 
-**Group-aware scoring.** K responses to one prompt share its images and its chat-templated prefix. Instead of K full
-forwards (each re-running the vision tower and the prefix), `score_groups` runs the backbone once over the prefixes
-of a batch of groups with a KV cache, selects each prefix's cache rows K ways, and runs only the K response suffixes
-through the language model on top of it. Positions are the trap: Qwen2.5-VL gives image tokens 3D (t, h, w) rotary
-positions (`get_rope_index`, fed by the processor's `mm_token_type_ids`), after which text positions resume at
-`max(prefix positions) + 1`, not at the prefix length. Both forwards get explicit position ids computed that way, so
-the scores equal the naive path's (fp32: max abs diff well under 1e-4, see tests/reward/test_scorer.py).
-
-The split point is found on the tokens themselves: the prompt (with generation prompt) and each full conversation are
-tokenized, and the shared prefix is their longest common token prefix, so a response whose first characters would
-merge with the template's last token still tokenizes exactly as in the naive path.
+`score_groups` encodes each group's images and prompt once and scores its K responses on that shared prefix (KV
+cache); how, and why the scores equal K full forwards', is `reward.group_scoring`.
 """
 
 from __future__ import annotations
@@ -29,11 +20,10 @@ from typing import Any
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from common.distributed import resolve_device
-from common.rope import prompt_rope_positions
 from common.scoring import ScoringGroup
+from reward.group_scoring import assistant_message, forward_groups, pack_groups, pad_right, split_group
 from reward.model import load_reward_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -94,18 +84,6 @@ def load_image(image: Any) -> Image.Image:
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
-def assistant_message(text: str) -> dict:
-    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
-
-
-def _pad(rows: Sequence[torch.Tensor], value: int) -> torch.Tensor:
-    """Right-pad 1D tensors into (B, T)."""
-    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=rows[0].dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
 def _windows(n: int, size: int) -> Iterator[range]:
     for start in range(0, n, size):
         yield range(start, min(n, start + size))
@@ -161,9 +139,9 @@ class RewardScorer:
     def _collate(self, encs: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Right-padded batch; pixel rows and grids concatenated in order."""
         batch = {
-            "input_ids": _pad([e["input_ids"] for e in encs], self.pad_id),
-            "attention_mask": _pad([e["attention_mask"] for e in encs], 0),
-            "mm_token_type_ids": _pad([e["mm_token_type_ids"] for e in encs], 0),
+            "input_ids": pad_right([e["input_ids"] for e in encs], self.pad_id),
+            "attention_mask": pad_right([e["attention_mask"] for e in encs], 0),
+            "mm_token_type_ids": pad_right([e["mm_token_type_ids"] for e in encs], 0),
         }
         with_images = [e for e in encs if "pixel_values" in e]
         if with_images:
@@ -229,91 +207,22 @@ class RewardScorer:
             return out
         return self._score_groups_shared(groups)
 
-    def _split_group(self, group: ScoringGroup, ref: str) -> dict[str, Any]:
-        """The group's encoded shared prefix (images included) and each response's suffix token ids."""
-        prompt_text = self.processor.apply_chat_template(group.prompt, tokenize=False, add_generation_prompt=True)
-        full_texts = [
-            self.processor.apply_chat_template(list(group.prompt) + [assistant_message(r)], tokenize=False)
-            for r in group.responses
-        ]
-        # Image placeholders are special tokens, so tokenizing before or after the processor expands them to one
-        # token per merged patch gives the same text tokens around them: find the split on the unexpanded ids.
-        prompt_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        full_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in full_texts]
-        shared = len(prompt_ids)
-        for ids in full_ids:
-            n = 0
-            while n < min(len(ids), shared) and ids[n] == prompt_ids[n]:
-                n += 1
-            shared = min(shared, n)
-        n_image_tokens = sum(t == self.image_token_id for t in prompt_ids)
-        if sum(t == self.image_token_id for t in prompt_ids[:shared]) != n_image_tokens:
-            raise ValueError(f"{ref}: a response changes the prompt's tokens before its last image")
-        prefix = self._encode(prompt_text, list(group.images), ref)
-        cut = shared + len(prefix["input_ids"]) - len(prompt_ids)  # the expanded image tokens shift the split
-        if prefix["input_ids"][cut:].tolist() != prompt_ids[shared:]:
-            raise RuntimeError(f"{ref}: processor and tokenizer disagree on the prompt's text tokens")
-        for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
-            if key in prefix:
-                prefix[key] = prefix[key][:cut]
-        suffixes = [torch.tensor(ids[shared:]) for ids in full_ids]
-        if self.config.max_length is not None:
-            for k, s in enumerate(suffixes):
-                if cut + len(s) > self.config.max_length:
-                    raise ValueError(f"{ref}, response {k}: {cut + len(s)} tokens, more than max_length")
-        return {"prefix": prefix, "suffixes": suffixes}
-
     @torch.no_grad()
     def _score_groups_shared(self, groups: Sequence[ScoringGroup]) -> list[list[float]]:
         out: list[list[float]] = [[] for _ in groups]
         bar = tqdm(total=sum(len(g.responses) for g in groups), desc="scoring", disable=not self.config.progress)
         for window in _windows(len(groups), _WINDOW_BATCHES * self.config.batch_size):
-            split = {g: self._split_group(groups[g], f"group #{g}") for g in window}
+            split = {
+                g: split_group(self.processor, groups[g], self._encode, self.config.max_length, f"group #{g}")
+                for g in window
+            }
             order = sorted(window, key=lambda g: len(split[g]["prefix"]["input_ids"]))
-            # Fill each forward with about batch_size responses (whole groups).
-            batches, current, n_resp = [], [], 0
-            for g in order:
-                current.append(g)
-                n_resp += len(split[g]["suffixes"])
-                if n_resp >= self.config.batch_size:
-                    batches.append(current)
-                    current, n_resp = [], 0
-            if current:
-                batches.append(current)
-            for members in batches:
-                rewards = self._forward_groups([split[g] for g in members])
+            sizes = {g: len(split[g]["suffixes"]) for g in window}
+            for members in pack_groups(order, sizes, self.config.batch_size):
+                prefix = self._to_model_dtype(self._collate([split[g]["prefix"] for g in members]))
+                rewards = forward_groups(self.model, prefix, [split[g]["suffixes"] for g in members], self.pad_id)
                 for g, r in zip(members, rewards):
                     out[g] = r
-                bar.update(sum(len(split[g]["suffixes"]) for g in members))
+                bar.update(sum(sizes[g] for g in members))
         bar.close()
-        return out
-
-    def _forward_groups(self, parts: Sequence[dict[str, Any]]) -> list[list[float]]:
-        """One prefix forward (with cache) for the groups, then one forward of all their suffixes on that cache."""
-        prefix = self._to_model_dtype(self._collate([p["prefix"] for p in parts]))
-        backbone = self.model.model
-        positions, next_pos = prompt_rope_positions(backbone, prefix)
-        cache = DynamicCache(config=backbone.config.get_text_config())
-        backbone(**prefix, position_ids=positions, cache=cache, use_cache=True)
-        # Row b of the suffix batch continues group owner[b]'s prefix.
-        counts = torch.tensor([len(p["suffixes"]) for p in parts], device=self.device)
-        owner = torch.repeat_interleave(torch.arange(len(parts), device=self.device), counts)
-        cache.batch_select_indices(owner)
-        suffixes = [s for p in parts for s in p["suffixes"]]
-        suffix_ids = _pad(suffixes, self.pad_id).to(self.device)
-        suffix_mask = _pad([torch.ones_like(s) for s in suffixes], 0).to(self.device)
-        steps = torch.arange(suffix_ids.shape[1], device=self.device)
-        suffix_pos = (next_pos[owner].unsqueeze(1) + steps).unsqueeze(0).expand(3, -1, -1)
-        hidden = backbone.language_model(
-            inputs_embeds=backbone.get_input_embeddings()(suffix_ids),
-            attention_mask=torch.cat([prefix["attention_mask"][owner], suffix_mask], dim=1),
-            position_ids=suffix_pos,
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state
-        rewards = self.model.score_hidden(hidden, suffix_mask).tolist()
-        out, start = [], 0
-        for n in counts.tolist():
-            out.append(rewards[start : start + n])
-            start += n
         return out

@@ -1,7 +1,12 @@
-"""RewardScorer: group-aware scores equal the naive path (fp32, <= 1e-4), batching does not change scores."""
+"""RewardScorer: group-aware scores equal the naive path (fp32, <= 1e-4), batching does not change scores.
+
+The tiny reward model is loaded once per module; every test gets its own `RewardScorer` around it (own config), and
+a test that changes weights works on its own copy of the model, so no test depends on another's order.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,14 +14,23 @@ import torch
 from PIL import Image
 
 from common.scoring import ScoringGroup
-from reward.scorer import RewardScorer, assistant_message
+from reward.group_scoring import split_group
+from reward.scorer import RewardScorer, ScorerConfig, assistant_message
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_vlm_path):
-    return RewardScorer.from_pretrained(str(tiny_vlm_path), device="cpu", progress=False)
+def loaded(tiny_vlm_path):
+    scorer = RewardScorer.from_pretrained(str(tiny_vlm_path), device="cpu", progress=False)
+    return scorer.model, scorer.processor
+
+
+@pytest.fixture
+def scorer(loaded, tiny_vlm_path):
+    """A fresh scorer (fresh config) around the shared, read-only model."""
+    model, processor = loaded
+    return RewardScorer(model, processor, ScorerConfig(model_name_or_path=str(tiny_vlm_path), progress=False))
 
 
 def _images(n):
@@ -66,15 +80,15 @@ def test_group_aware_needs_the_3d_image_positions(scorer, monkeypatch):
     """Resuming text positions at the prefix length (1D thinking) instead of max(3D positions) + 1 shifts scores."""
     groups = [_group(2, 4)]
     naive, _ = _both(scorer, groups)
-    import reward.scorer
+    import reward.group_scoring
 
-    real = reward.scorer.prompt_rope_positions
+    real = reward.group_scoring.prompt_rope_positions
 
     def one_d(backbone, batch):
         positions, _ = real(backbone, batch)
         return positions, batch["attention_mask"].sum(-1)
 
-    monkeypatch.setattr(reward.scorer, "prompt_rope_positions", one_d)
+    monkeypatch.setattr(reward.group_scoring, "prompt_rope_positions", one_d)
     assert _max_diff(naive, scorer.score_groups(groups)) > TOL
 
 
@@ -98,11 +112,8 @@ def test_bad_groups_raise_clear_errors(scorer):
     with pytest.raises(ValueError, match="group #1: no responses"):
         scorer.score_groups([_group(1, 2), ScoringGroup(_group(1, 1).prompt, _images(1), [])])
     scorer.config.max_length = 20
-    try:
-        with pytest.raises(ValueError, match=r"group #0.*more than max_length=20"):
-            scorer.score_groups([_group(1, 2)])
-    finally:
-        scorer.config.max_length = None
+    with pytest.raises(ValueError, match=r"group #0.*more than max_length=20"):
+        scorer.score_groups([_group(1, 2)])
 
 
 def test_bfloat16_scores_are_finite_and_close(tiny_vlm_path, scorer):
@@ -120,7 +131,6 @@ def test_split_inside_the_prompt_with_the_real_qwen_vocabulary():
     the shared prefix must then stop before it, and the scores still equal the naive ones."""
     from common.tiny_vlm import TinyVLMSpec, build_config, build_processor
     from reward.model import VLRewardModel
-    from reward.scorer import ScorerConfig
 
     spec = TinyVLMSpec(vocab="qwen2")
     processor = build_processor(spec)
@@ -129,7 +139,7 @@ def test_split_inside_the_prompt_with_the_real_qwen_vocabulary():
     scorer = RewardScorer(model, processor, ScorerConfig(model_name_or_path="in-memory", progress=False))
     group = ScoringGroup(_group(1, 1).prompt, _images(1), ["\n\nnewline first", "plain", "  two spaces"])
     prompt_text = processor.apply_chat_template(group.prompt, tokenize=False, add_generation_prompt=True)
-    split = scorer._split_group(group, "g")
+    split = split_group(processor, group, scorer._encode, None, "g")
     n_image_tokens = int((split["prefix"]["input_ids"] == scorer.image_token_id).sum())
     assert len(split["prefix"]["input_ids"]) < len(processor.tokenizer(prompt_text)["input_ids"]) + n_image_tokens - 1
     naive, shared = _both(scorer, [group])
@@ -140,15 +150,13 @@ def test_scorer_loads_a_saved_reward_checkpoint(tmp_path, scorer):
     """A checkpoint in the released format (value_head.safetensors beside the backbone) scores like the model saved."""
     from reward.model import save_reward_model
 
+    scorer = RewardScorer(copy.deepcopy(scorer.model), scorer.processor, scorer.config)  # weights change below
     with torch.no_grad():
         scorer.model.v_head.summary.weight.mul_(-3.0)
         scorer.model.v_head.summary.bias.fill_(0.25)
-    try:
-        groups = [_group(1, 3), _group(0, 2)]
-        scorer.config.group_aware = True
-        before = scorer.score_groups(groups)
-        path = save_reward_model(scorer.model, scorer.processor, tmp_path / "rm")
-        loaded = RewardScorer.from_pretrained(str(path), device="cpu", progress=False)
-        assert _max_diff(before, loaded.score_groups(groups)) <= TOL
-    finally:
-        scorer.model.reset_value_head(0)
+    groups = [_group(1, 3), _group(0, 2)]
+    scorer.config.group_aware = True
+    before = scorer.score_groups(groups)
+    path = save_reward_model(scorer.model, scorer.processor, tmp_path / "rm")
+    loaded = RewardScorer.from_pretrained(str(path), device="cpu", progress=False)
+    assert _max_diff(before, loaded.score_groups(groups)) <= TOL
