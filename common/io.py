@@ -15,6 +15,7 @@ import collections
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,13 +66,18 @@ BAD_JSON = "__bad_json__"  # key of the row `iter_raw_rows` yields for a JSONL l
 
 
 def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
-    """Rows of a `.jsonl`/`.json` file, a `.parquet` file or a `save_to_disk` folder, images left undecoded.
+    """Rows of a `.jsonl` file, a `.json` file (JSONL, or one JSON list of rows), a `.parquet` file, a `save_to_disk`
+    folder (a `DatasetDict`: its one split, or `test` / `filtered` / `train`) or a folder of one split's Parquet
+    shards (a hub snapshot's `data/`), images left undecoded.
 
     A JSONL line that does not parse is yielded as `{BAD_JSON: "line N: ..."}` so that callers can count it
     against its position; `check_row_parsed` turns it into a `RecordError`.
     """
     path = Path(path)
     fmt = _file_format(path)
+    if path.suffix == ".json" and path.read_text().lstrip().startswith("["):
+        yield from json.loads(path.read_text())
+        return
     if fmt == "jsonl":
         with open(path) as f:
             for lineno, line in enumerate(f, 1):
@@ -82,13 +88,33 @@ def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
                 except json.JSONDecodeError as e:
                     yield {BAD_JSON: f"line {lineno}: {e}"}
         return
-    ds = Dataset.from_parquet(str(path)) if fmt == "parquet" else datasets.load_from_disk(str(path))
+    ds = Dataset.from_parquet(str(path)) if fmt == "parquet" else _load_folder(path)
     for name, feature in ds.features.items():
         if isinstance(feature, datasets.Image):
             ds = ds.cast_column(name, datasets.Image(decode=False))
-        elif isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.Image):
+        elif isinstance(feature, datasets.List | datasets.Sequence) and isinstance(feature.feature, datasets.Image):
             ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
     yield from ds
+
+
+def _load_folder(path: Path) -> Dataset:
+    """A `save_to_disk` folder (one split of a `DatasetDict`) or a folder of one split's Parquet shards."""
+    if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        shards = sorted(str(p) for p in path.rglob("*.parquet"))
+        if not shards:
+            raise FileNotFoundError(f"{path}: neither a datasets folder nor a folder of .parquet files")
+        # hub shards are named <split>-00000-of-00001.parquet; never mix splits (RewardBench ships `raw` too)
+        splits = sorted({re.sub(r"-\d{5}-of-\d{5}$", "", Path(s).stem) for s in shards})
+        if len(splits) > 1 and all(re.search(r"-\d{5}-of-\d{5}$", Path(s).stem) for s in shards):
+            raise ValueError(f"{path}: shards of several splits {splits}; point at one split's file")
+        return Dataset.from_parquet(shards)
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        split = next((s for s in ("test", "filtered", "train") if s in ds), None)
+        if split is None and len(ds) != 1:
+            raise ValueError(f"{path}: several splits {sorted(ds)}; point at one of them")
+        ds = ds[split or next(iter(ds))]
+    return ds
 
 
 def check_row_parsed(row: Mapping, index: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from common.schema import RecordError
-from reward.evaluate import METRICS
+from reward.bench import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 
 from common.schema import RecordError
-from reward.benchmarks import read_benchmark, scored_row
-from reward.evaluate import (
-    REWARDBENCH_EXAMPLE_COUNTS,
-    REWARDBENCH_SECTIONS,
-    mm_rewardbench_metrics,
-    rewardbench_metrics,
-    vl_rewardbench_metrics,
-    vl_rewardbench_source,
-)
+from reward.bench import read_benchmark, scored_row
+from reward.bench.mm_rewardbench import metrics as mm_rewardbench_metrics
+from reward.bench.rewardbench import EXAMPLE_COUNTS as REWARDBENCH_EXAMPLE_COUNTS
+from reward.bench.rewardbench import SECTIONS as REWARDBENCH_SECTIONS
+from reward.bench.rewardbench import metrics as rewardbench_metrics
+from reward.bench.vl_rewardbench import metrics as vl_rewardbench_metrics
+from reward.bench.vl_rewardbench import source as vl_rewardbench_source
 from reward.scorer import load_image
 
 

@@ -1,0 +1,96 @@
+"""What the benchmark modules share: the example type, the row reader loop, field checks and metric helpers.
+
+A benchmark module (`vl_rewardbench`, `rewardbench`, `mm_rewardbench`) defines `read_row(row, ref, base_dir)`
+(one raw row to a `BenchmarkExample`), `scored_row(example, scores)` (the row its metric reads), `metrics(rows)`
+(the official formula) and `REFERENCE_ROWS` (published figures shown beside ours).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from common.io import SkipLog, check_row_parsed, iter_raw_rows
+from common.schema import RecordError, check_image
+from common.scoring import ScoringGroup
+
+
+@dataclass
+class BenchmarkExample:
+    """One benchmark item: what to score (`group`) and the fields its metric needs (`row`, scores not yet in)."""
+
+    group: ScoringGroup
+    row: dict[str, Any]
+
+
+def read_rows(
+    read_row: Callable[[Mapping, str, str | None], BenchmarkExample],
+    path: str | Path,
+    limit: int | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    skipped: SkipLog | None = None,
+) -> list[BenchmarkExample]:
+    """`read_row` over the first `limit` rows of a local file or folder (`common.io.iter_raw_rows`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such benchmark file or folder: {path}")
+    if on_error == "skip" and skipped is None:
+        raise ValueError("on_error='skip' needs a SkipLog to count the skipped rows")
+    base_dir = str(path.parent) if path.suffix in (".json", ".jsonl") else None  # Parquet images are embedded bytes
+    out = []
+    for index, row in enumerate(iter_raw_rows(path)):
+        if limit is not None and index >= limit:
+            break
+        rid = row.get("id", row.get("ID"))
+        try:
+            check_row_parsed(row, index)
+            out.append(read_row(row, f"{rid!r} (#{index})" if rid is not None else f"#{index}", base_dir))
+        except RecordError as e:
+            if on_error == "raise":
+                raise
+            skipped.add(e.reason, str(e))
+    return out
+
+
+def get_field(row: Mapping, field: str, ref: str, kind: type | tuple = str) -> Any:
+    """`row[field]`, which must be present, of type `kind`, and (a string) not blank."""
+    value = row.get(field)
+    if value is None or (isinstance(value, str) and not value.strip() and kind is str):
+        raise RecordError(ref, field, "missing or empty")
+    if not isinstance(value, kind):
+        raise RecordError(ref, field, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def user_turn(text: str, n_images: int) -> list[dict]:
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]
+
+
+def row_images(value: Any, ref: str, field: str, base_dir: str | None) -> list:
+    images = value if isinstance(value, list) else [] if value is None else [value]
+    return [check_image(im, ref, f"{field}[{i}]", base_dir) for i, im in enumerate(images)]
+
+
+def finite(value: Any, ref: str, field: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"row {ref}, field '{field}': expected a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"row {ref}, field '{field}': score is {value}, not a finite number")
+    return value
+
+
+def pair_scores(row: Mapping[str, Any], ref: str) -> tuple[float, float]:
+    scores = row.get("scores")
+    if not isinstance(scores, Sequence) or isinstance(scores, str) or len(scores) != 2:
+        raise ValueError(f"row {ref}, field 'scores': expected two scores, got {scores!r}")
+    return finite(scores[0], ref, "scores[0]"), finite(scores[1], ref, "scores[1]")
+
+
+def accuracy(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
