@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from common.cli import parse_configs
 from common.io import SkipLog, read_records, write_records
 from common.schema import RecordError
 from reward.collator import RewardCollator
@@ -16,7 +15,6 @@ from reward.data import _weighted, filter_long_pairs, pair_lengths, read_pairs
 from reward.model import load_reward_model
 from reward.pair_eval import pair_metrics
 from reward.train import SUMMARY_FILE, train_reward_model
-from tests.launch import REPO
 
 
 def _config(tmp_path, model, stages, **kw) -> RewardConfig:
@@ -24,18 +22,6 @@ def _config(tmp_path, model, stages, **kw) -> RewardConfig:
                     per_device_train_batch_size=2, save_steps=2, seed=0)  # fmt: skip
     return RewardConfig(output_dir=str(tmp_path / "run"), model_name_or_path=str(model), stages=stages,
                         **{**defaults, **kw})  # fmt: skip
-
-
-@pytest.mark.parametrize("name", ["reward_tiny.yaml", "reward_qwen2_5_vl_7b.yaml"])
-def test_shipped_configs_parse(name):
-    args = ["--config", str(REPO / "recipes/configs" / name), "--model_name_or_path", "m"]
-    (cfg,) = parse_configs([RewardConfig], args + ["--use_cpu", "True", "--bf16", "False", "--report_to", "none"])
-    stages = cfg.stage_configs()
-    assert [s.name for s in stages] == ["multimodal", "with_text"]
-    if "7b" in name:  # the paper: stage 1 lr 1e-5 multimodal only; stage 2 lr 1e-6 adds text-only; 2 epochs, batch 1
-        assert cfg.for_stage(stages[0]).learning_rate == 1e-5 and cfg.for_stage(stages[1]).learning_rate == 1e-6
-        assert cfg.num_train_epochs == 2 and cfg.per_device_train_batch_size == 1 and cfg.freeze_vision_tower
-        assert set(stages[0].datasets) < set(stages[1].datasets)
 
 
 def test_validate_lists_every_problem(tmp_path):
