@@ -15,6 +15,18 @@ from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm  # noqa: E402
 from common.toy_task import ToyTaskConfig, write_toy_task  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip the `gpu`-marked tests, with the reason, where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm_path(tmp_path_factory):
     """A random-weight tiny Qwen2.5-VL (512-token BPE) and its processor, saved with save_pretrained."""

@@ -18,7 +18,7 @@ from common.distributed import free_port
 from tests.launch import REPO, cpu_env, run_deepspeed
 
 RECIPE = REPO / "recipes" / "mpo_qwen.py"
-PROBE = REPO / "tests" / "mpo" / "ds_mpo_run.py"
+PROBE = REPO / "tests" / "scripts" / "ds_mpo_run.py"
 TINY_CONFIG = REPO / "recipes" / "configs" / "mpo_tiny_cpu.yaml"
 pytestmark = pytest.mark.deepspeed
 

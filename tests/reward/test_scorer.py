@@ -160,3 +160,12 @@ def test_scorer_loads_a_saved_reward_checkpoint(tmp_path, scorer):
     path = save_reward_model(scorer.model, scorer.processor, tmp_path / "rm")
     loaded = RewardScorer.from_pretrained(str(path), device="cpu", progress=False)
     assert _max_diff(before, loaded.score_groups(groups)) <= TOL
+
+
+@pytest.mark.gpu
+def test_group_aware_equals_naive_on_this_ranks_gpu(tiny_vlm_path):
+    """device="auto" puts the scorer on cuda:LOCAL_RANK; there too group-aware scores equal the naive ones (fp32)."""
+    scorer = RewardScorer.from_pretrained(str(tiny_vlm_path), device="auto", progress=False)
+    assert scorer.device.type == "cuda"
+    naive, shared = _both(scorer, [_group(n, k) for n, k in ((0, 2), (1, 4), (2, 3))])
+    assert _max_diff(naive, shared) <= TOL

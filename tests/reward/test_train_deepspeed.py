@@ -10,7 +10,7 @@ import pytest
 from tests.launch import REPO, run_deepspeed
 from tests.reward.conftest import check_export
 
-SCRIPT = REPO / "tests/reward/scripts/ds_train_reward.py"
+SCRIPT = REPO / "tests/scripts/ds_train_reward.py"
 RECIPE = REPO / "recipes/train_reward.py"
 
 

@@ -1,6 +1,6 @@
 """`recipes/train_reward.py` plus two test hooks, for the launcher tests. Same flags as the recipe.
 
-    deepspeed --num_gpus 2 tests/reward/scripts/ds_train_reward.py --config ... [flags]
+    deepspeed --num_gpus 2 tests/scripts/ds_train_reward.py --config ... [flags]
 
 Environment:
     LOSS_FILE=path   each rank appends `{"rank", "step", "loss"}` lines with the exact loss of every training step.

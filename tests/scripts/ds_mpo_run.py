@@ -1,6 +1,6 @@
 """`train_mpo` under the deepspeed launcher, recording what the distributed tests check.
 
-deepspeed --num_gpus N tests/mpo/ds_mpo_run.py --model_name_or_path M --train_data D --output_dir O ...
+deepspeed --num_gpus N tests/scripts/ds_mpo_run.py --model_name_or_path M --train_data D --output_dir O ...
 
 Every rank writes `<output_dir>/probe/rank<r>.json`: each training log (logging_steps=1: each step) as that rank saw
 it, the BCO delta included. With
