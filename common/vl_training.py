@@ -43,6 +43,19 @@ def freeze_parts(model: nn.Module, vision_tower: bool, merger: bool, language_mo
         param.requires_grad_(not frozen[model_part(name)])
 
 
+def lora_config(cfg: VLTrainingFields, **options):
+    """peft's `LoraConfig` from the shared LoRA fields (rank, alpha, dropout, target modules) plus job `options`."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_target_regex(cfg.lora_target_modules),
+        **options,
+    )
+
+
 @dataclass
 class VLTrainingFields:
     """Config fields of both training jobs: image size, bad records, what trains (freezing, LoRA)."""

@@ -21,7 +21,7 @@ from common.io import SkipLog, read_records
 from common.processor import load_processor
 from common.scoring import Scorer
 from common.tracking import finish_wandb
-from common.vl_training import freeze_parts, lora_target_regex
+from common.vl_training import freeze_parts, lora_config
 from mpo.config import MPOConfig
 from mpo.evaluate import evaluate_policy
 from mpo.ref_logps import attach_ref_logps, without_zero3_init
@@ -34,17 +34,11 @@ def load_policy(cfg: MPOConfig, dtype: torch.dtype):
     freeze_parts(model, cfg.freeze_vision_tower, cfg.freeze_merger, cfg.freeze_language_model)
     if not cfg.use_lora:
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=lora_target_regex(cfg.lora_target_modules),
-    )
     # ZeRO-3 gathers parameters in the dtype of the first one: keep adapters in the base dtype (as TRL does).
     zero3 = cfg.deepspeed_plugin is not None and cfg.deepspeed_plugin.zero_stage == 3
-    model = get_peft_model(model, lora, autocast_adapter_dtype=not zero3)
+    model = get_peft_model(model, lora_config(cfg), autocast_adapter_dtype=not zero3)
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model

@@ -21,7 +21,7 @@ from common.cli import write_run_meta
 from common.distributed import is_main_process, print0
 from common.io import SkipLog
 from common.tracking import finish_wandb
-from common.vl_training import freeze_parts, lora_target_regex, model_part
+from common.vl_training import freeze_parts, lora_config, model_part
 from reward.collator import RewardCollator
 from reward.config import RewardConfig, StageConfig
 from reward.data import eval_dataset, stage_dataset
@@ -40,24 +40,13 @@ def trainable_counts(model) -> dict[str, int]:
     return dict(counts)
 
 
-def _lora_config(cfg: RewardConfig):
-    from peft import LoraConfig
-
-    modules_to_save = ["v_head"] + ([] if cfg.freeze_merger else ["merger"])
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=lora_target_regex(cfg.lora_target_modules),
-        modules_to_save=modules_to_save,
-    )
-
-
 def add_lora(model: VLRewardModel, cfg: RewardConfig):
     """Wrap the model with LoRA adapters on the LM; the head (and the merger unless frozen) train in full."""
     from peft import get_peft_model
 
-    return get_peft_model(model, _lora_config(cfg))
+    return get_peft_model(
+        model, lora_config(cfg, modules_to_save=["v_head"] + ([] if cfg.freeze_merger else ["merger"]))
+    )
 
 
 class VLRewardTrainer(Trainer):

@@ -20,9 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from common.io import SkipLog
+from common.io import SkipLog, iter_raw_rows, validate_rows
 from reward.bench import mm_rewardbench, rewardbench, vl_rewardbench
-from reward.bench.base import BenchmarkExample, read_rows
+from reward.bench.base import BenchmarkExample
 
 BENCHMARKS = {"vl_rewardbench": vl_rewardbench, "rewardbench": rewardbench, "mm_rewardbench": mm_rewardbench}
 METRICS = {name: module.metrics for name, module in BENCHMARKS.items()}
@@ -36,7 +36,7 @@ def read_benchmark(
     on_error: Literal["raise", "skip"] = "raise",
     skipped: SkipLog | None = None,
 ) -> list[BenchmarkExample]:
-    """Read `limit` (all by default) examples of benchmark `name` from a local file or folder.
+    """Read the first `limit` (all by default) valid examples of benchmark `name` from a local file or folder.
 
     Args:
         on_error: `"raise"` stops at the first malformed row; `"skip"` drops it and counts its reason in `skipped`
@@ -48,7 +48,19 @@ def read_benchmark(
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
-    return read_rows(BENCHMARKS[name].read_row, path, limit, on_error, skipped)
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such benchmark file or folder: {path}")
+    if on_error == "skip" and skipped is None:
+        raise ValueError("on_error='skip' needs a SkipLog to count the skipped rows")
+    read_row = BENCHMARKS[name].read_row
+
+    def example(row: dict, index: int, base_dir: str | None) -> BenchmarkExample:
+        rid = row.get("id", row.get("ID"))
+        return read_row(row, f"{rid!r} (#{index})" if rid is not None else f"#{index}", base_dir)
+
+    base_dir = str(path.parent) if path.suffix in (".json", ".jsonl") else None  # Parquet images are embedded bytes
+    return validate_rows(iter_raw_rows(path), example, str(path), on_error, skipped, base_dir, limit)
 
 
 def scored_row(name: str, example: BenchmarkExample, scores: list[float]) -> dict[str, Any]:

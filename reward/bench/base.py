@@ -1,4 +1,4 @@
-"""What the benchmark modules share: the example type, the row reader loop, field checks and metric helpers.
+"""What the benchmark modules share: the example type, field checks and metric helpers.
 
 A benchmark module (`vl_rewardbench`, `rewardbench`, `mm_rewardbench`) defines `read_row(row, ref, base_dir)`
 (one raw row to a `BenchmarkExample`), `scored_row(example, scores)` (the row its metric reads), `metrics(rows)`
@@ -8,12 +8,10 @@ A benchmark module (`vl_rewardbench`, `rewardbench`, `mm_rewardbench`) defines `
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from common.io import SkipLog, check_row_parsed, iter_raw_rows
 from common.schema import RecordError, check_image
 from common.scoring import ScoringGroup
 
@@ -24,35 +22,6 @@ class BenchmarkExample:
 
     group: ScoringGroup
     row: dict[str, Any]
-
-
-def read_rows(
-    read_row: Callable[[Mapping, str, str | None], BenchmarkExample],
-    path: str | Path,
-    limit: int | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
-    skipped: SkipLog | None = None,
-) -> list[BenchmarkExample]:
-    """`read_row` over the first `limit` rows of a local file or folder (`common.io.iter_raw_rows`)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such benchmark file or folder: {path}")
-    if on_error == "skip" and skipped is None:
-        raise ValueError("on_error='skip' needs a SkipLog to count the skipped rows")
-    base_dir = str(path.parent) if path.suffix in (".json", ".jsonl") else None  # Parquet images are embedded bytes
-    out = []
-    for index, row in enumerate(iter_raw_rows(path)):
-        if limit is not None and index >= limit:
-            break
-        rid = row.get("id", row.get("ID"))
-        try:
-            check_row_parsed(row, index)
-            out.append(read_row(row, f"{rid!r} (#{index})" if rid is not None else f"#{index}", base_dir))
-        except RecordError as e:
-            if on_error == "raise":
-                raise
-            skipped.add(e.reason, str(e))
-    return out
 
 
 def get_field(row: Mapping, field: str, ref: str, kind: type | tuple = str) -> Any:
