@@ -56,7 +56,8 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_gloo_processes(tmp_path):
-    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the children inherit the imported modules (spawn would re-import torch in each, ~10 s)
+    mp.start_processes(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["rank_world"] == [rank, 2]
