@@ -75,8 +75,8 @@ def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
     """
     path = Path(path)
     fmt = _file_format(path)
-    if path.suffix == ".json" and path.read_text().lstrip().startswith("["):
-        yield from json.loads(path.read_text())
+    if path.suffix == ".json" and (text := path.read_text()).lstrip().startswith("["):
+        yield from json.loads(text)
         return
     if fmt == "jsonl":
         with open(path) as f:
