@@ -138,7 +138,7 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
     processor = load_processor(cfg.model_name_or_path, cfg.min_pixels, cfg.max_pixels)
 
     skipped = SkipLog()
-    dataset = read_records(cfg.train_data, "preference", on_error=cfg.on_bad_record, skipped=skipped)
+    dataset = read_records(cfg.train_data, "preference", on_bad_record=cfg.on_bad_record, skipped=skipped)
     if skipped.total:
         print0(f"skipped {skipped.total} bad records: {dict(skipped.counts)}")
     dataset, ref_report = attach_ref_logps(

@@ -99,7 +99,7 @@ def test_bad_records_are_counted_not_fatal(tmp_path):
     pairs = build_pairs(cfg, sampler=sampler, scorer=scorer)
     report = json.loads((pairs.parent / "report.json").read_text())
     assert report["prompts"]["skipped_at_read"]["by_reason"] == {
-        "question: expected a non-empty question string, got None": 1, "images: cannot open image file": 1,
+        "question: expected a non-empty question string, got None": 1, "images: image file not found": 1,
         "<line>: invalid JSON": 1}  # fmt: skip
     assert report["prompts"]["valid"] == 4 and report["prompts"]["processed"] == 4
     assert report["prompts"]["without_pairs"] == {"sampling failed: ValueError": 1, "scoring failed: ValueError": 1,

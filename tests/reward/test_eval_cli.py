@@ -94,10 +94,10 @@ def test_eval_cli_skips_and_counts_rows_whose_image_is_missing(monkeypatch, tmp_
     data = tmp_path / "all_data.json"
     data.write_text(json.dumps(rows))
     args = ["--model", tiny_vlm_path, "--benchmark", "mm_rewardbench", "--data", data]
-    with pytest.raises(RecordError, match=r"'hateful_memes_9' \(#6\), field 'Image\[0\]': cannot open image file"):
+    with pytest.raises(RecordError, match=r"'hateful_memes_9' \(#6\), field 'Image\[0\]': image file not found"):
         _run(monkeypatch, *args, "--output_dir", tmp_path / "strict")
-    _run(monkeypatch, *args, "--output_dir", tmp_path / "out", "--on_error", "skip")
+    _run(monkeypatch, *args, "--output_dir", tmp_path / "out", "--on_bad_record", "skip")
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert report["n_examples"] == 6
-    assert report["skipped"]["by_reason"] == {"Image: cannot open image file": 1}
+    assert report["skipped"]["by_reason"] == {"Image: image file not found": 1}
     assert "1 skipped" in (tmp_path / "out" / "results.md").read_text()

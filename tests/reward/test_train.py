@@ -101,7 +101,7 @@ def test_bad_records_raise_naming_the_record_or_are_counted(tiny_vlm_path, toy_r
     skipped = SkipLog()
     ds = read_pairs(str(path), _config(tmp_path, tiny_vlm_path, [], on_bad_record="skip"), processor, skipped)
     assert len(ds) == 2 and dict(skipped.counts) == {"chosen: the response is empty": 1, "rejected: missing": 1,
-                                                     "images: cannot open image file": 1}  # fmt: skip
+                                                     "images: image file not found": 1}  # fmt: skip
 
 
 def test_pixel_bounds_limit_image_tokens(tiny_vlm_path, toy_records):
