@@ -151,7 +151,7 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
     args = cfg.for_stage(stage)  # built before the model: under ZeRO-3 it makes from_pretrained partition at load
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     model, processor = load_reward_model(init_path, dtype=dtype, head_seed=cfg.head_seed,
-                                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)  # fmt: skip
+                                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, new_head_ok=True)  # fmt: skip
     model.always_run_vision = True  # same collectives on every rank under ZeRO-3, text-only batches included
     apply_freezing(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
     if cfg.use_lora:
