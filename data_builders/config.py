@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from data_builders.pairing import RULES
 from data_builders.sampling import SamplingParams
 from data_builders.sources import FORMATS
 
-# Fields that do not change what the job writes: a rerun may change them and still resume.
-RUN_ONLY_FIELDS = ("output_dir", "overwrite", "progress", "report_to", "wandb_project", "run_name", "device",
-                   "score_batch_size", "local_rank")  # fmt: skip
-
 
 @dataclass
 class BuildPairsConfig:
     """Sample K responses per prompt from a policy, score them with a reward model, keep chosen/rejected pairs."""
+
+    # Fields that do not change what the job writes: a rerun may change them and still resume (common.run_folder).
+    NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
+        "output_dir", "overwrite_output_dir", "progress", "report_to", "wandb_project", "run_name", "device",
+        "score_batch_size", "local_rank",
+    )  # fmt: skip
 
     # > inputs
     prompts: str = field(default=None, metadata={"help": "Prompt file or folder (.jsonl, .parquet or datasets dir)."})
@@ -55,9 +58,11 @@ class BuildPairsConfig:
     chunk_size: int = field(
         default=16, metadata={"help": "Prompts per chunk: the unit of atomic writes, resume and sharding."}
     )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Delete an output_dir built with a different config instead of failing."}
-    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete an output_dir holding a build of other settings or inputs and start over (instead "
+                  "of refusing it)."},
+    )  # fmt: skip
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with rate and ETA."})
     report_to: str = field(default="none", metadata={"help": "'none' or 'wandb' (the report's counts and histograms)."})
     wandb_project: str = field(default="vlrm-mpo", metadata={"help": "wandb project (with report_to=wandb)."})
@@ -92,7 +97,3 @@ class BuildPairsConfig:
             problems.append(str(e))
         if problems:
             raise ValueError("invalid BuildPairsConfig:\n  - " + "\n  - ".join(problems))
-
-    def content_fields(self) -> dict:
-        """The fields that decide the output (a resumed run must match them)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_FIELDS}

@@ -134,7 +134,7 @@ def test_two_stages_freezing_resume_and_export(tiny_vlm_path, toy_data, tmp_path
     with pytest.raises(KeyboardInterrupt):
         train_reward_model(cfg, callbacks=[_Crash()])
     changed = _config(tmp_path, tiny_vlm_path, stages, eval_datasets=[str(toy_data["pairs_eval"])], seed=1)
-    with pytest.raises(ValueError, match=r"different \['seed'\]"):
+    with pytest.raises(ValueError, match=r"config field seed: 0 -> 1"):
         train_reward_model(changed)  # another configuration may not reuse this run's checkpoints
     export = train_reward_model(cfg)  # the same command again: resumes stage s1 from checkpoint-2
     s1 = json.loads((tmp_path / "run/s1/model" / SUMMARY_FILE).read_text())
