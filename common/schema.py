@@ -212,6 +212,6 @@ def validate_prompt_record(
             or not isinstance(choices, Sequence)
             or not all(isinstance(c, str) for c in choices)
         ):
-            raise RecordError(ref, "choices", f"expected a list of strings, got {choices!r}")
+            raise RecordError(ref, "choices", "expected a list of strings", f"got {choices!r}")
         out["choices"] = [check_text(c, ref, f"choices[{i}]") for i, c in enumerate(choices)]
     return out

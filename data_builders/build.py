@@ -36,13 +36,14 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
+from common.images import ImageError
 from common.io import SkipLog, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
 from common.schema import RecordError
 from common.scoring import Scorer, ScoringGroup
 from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
-from data_builders.report import add_count, log_to_wandb, merge_stats, new_stats, write_report
+from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_stats, new_stats, write_report
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed, resolve_device
 from data_builders.scoring import make_scorer
 from data_builders.sources import read_prompts
@@ -95,9 +96,9 @@ def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Sc
         seed = prompt_seed(cfg.seed, prompt["id"])
         try:
             sampled.append((prompt, seed, sampler.sample(prompt, params, seed)))
-        except (RecordError, ValueError) as e:  # a prompt the backend cannot take: count it, go on
-            too_long = isinstance(e, PromptTooLong)
-            add_count(stats["prompt_skips"], PROMPT_TOO_LONG if too_long else f"{SAMPLING_FAILED}: {type(e).__name__}")
+        except (RecordError, ValueError) as e:  # a prompt the backend cannot take: count it, name it, go on
+            reason = PROMPT_TOO_LONG if isinstance(e, PromptTooLong) else f"{SAMPLING_FAILED}: {_failure(e)}"
+            _count_failure(stats, reason, prompt["id"], e)
             if progress is not None:
                 progress.update(1)
     scores = _score(sampled, scorer, stats)
@@ -127,6 +128,17 @@ def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Sc
     return records, stats
 
 
+def _failure(error: Exception) -> str:
+    """How a failed prompt is counted: an image's problem class (`common.images`), else the error's type."""
+    return error.problem if isinstance(error, ImageError | RecordError) else type(error).__name__
+
+
+def _count_failure(stats: dict, reason: str, prompt_id: str, error: Exception) -> None:
+    add_count(stats["prompt_skips"], reason)
+    if len(stats["skip_examples"]) < MAX_EXAMPLES:
+        stats["skip_examples"].append(f"prompt {prompt_id!r}: {reason} ({error})")
+
+
 def _score(sampled: list, scorer: Scorer, stats: dict) -> list[list[float] | None]:
     """Scores per sampled prompt (empty responses get NaN, never reach the scorer); None where scoring failed."""
     groups, keep = [], []
@@ -144,7 +156,7 @@ def _score(sampled: list, scorer: Scorer, stats: dict) -> list[list[float] | Non
             try:
                 results[g] = scorer.score_groups([groups[g]])[0]
             except (RecordError, ValueError) as e:
-                add_count(stats["prompt_skips"], f"{SCORING_FAILED}: {type(e).__name__}")
+                _count_failure(stats, f"{SCORING_FAILED}: {_failure(e)}", sampled[g][0]["id"], e)
                 results[g] = None
     for g, s in results.items():
         if s is not None and len(s) != len(groups[g].responses):
