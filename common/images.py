@@ -9,7 +9,8 @@ Checks, each an `ImageError` whose `problem` names the class (the reason skips a
 * ``cannot decode image``: bytes PIL cannot read (corrupt or truncated file, not an image).
 * ``image has too many pixels``: more than `max_image_pixels` (default `MAX_IMAGE_PIXELS`, 100 M, set with the
   `VLRM_MAX_IMAGE_PIXELS` environment variable). Checked on the header, before anything is decoded, so a
-  20000x20000 "decompression bomb" costs nothing; the processor would shrink such an image anyway.
+  20000x20000 "decompression bomb" costs nothing; the processor would shrink such an image anyway. PIL's own limit
+  (`Image.MAX_IMAGE_PIXELS`, used when `datasets` decodes) is raised to it if lower.
 * ``image aspect ratio over 200``: Qwen-VL's `smart_resize` raises a ValueError on it at the processor call.
 """
 
@@ -24,6 +25,8 @@ from typing import Any
 from PIL import Image
 
 MAX_IMAGE_PIXELS = int(os.environ.get("VLRM_MAX_IMAGE_PIXELS", 100_000_000))
+# Images that pass our check are decoded elsewhere too (`datasets.Image`): PIL must not refuse what we accepted.
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_IMAGE_PIXELS)
 MAX_ASPECT_RATIO = 200  # Qwen2-VL / Qwen2.5-VL `smart_resize`: "absolute aspect ratio must be smaller than 200"
 
 NOT_FOUND = "image file not found"

@@ -209,7 +209,8 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
     rank, world = _rank_world()
     out = prepare_output_dir(cfg, rank)
     read_skips = SkipLog()
-    prompts = read_prompts(cfg.prompts, cfg.prompt_format, cfg.image_root, read_skips, max_prompts=cfg.max_prompts)
+    prompts = read_prompts(cfg.prompts, cfg.prompt_format, cfg.image_root, read_skips, cfg.on_bad_record,
+                           max_prompts=cfg.max_prompts)  # fmt: skip
     n_chunks = math.ceil(len(prompts) / cfg.chunk_size)
     mine = list(range(rank, n_chunks, world))
     todo = [c for c in mine if not _chunk_paths(out, c)[1].exists()]

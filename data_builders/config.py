@@ -17,7 +17,7 @@ class BuildPairsConfig:
     # Fields that do not change what the job writes: a rerun may change them and still resume (common.run_folder).
     NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
         "output_dir", "overwrite_output_dir", "progress", "report_to", "wandb_project", "run_name", "device",
-        "score_batch_size", "local_rank",
+        "score_batch_size", "local_rank", "on_bad_record",
     )  # fmt: skip
 
     # > inputs
@@ -27,6 +27,11 @@ class BuildPairsConfig:
         default=None, metadata={"help": "Folder relative image paths resolve against (default: the file's folder)."}
     )
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N valid prompts."})
+    on_bad_record: str = field(
+        default="skip",
+        metadata={"help": "A bad prompt (no question, unreadable image, vision token in the text...): 'skip' counts "
+                  "it in the report, 'raise' stops naming the record and the field."},
+    )  # fmt: skip
     policy_name_or_path: str = field(default=None, metadata={"help": "Policy VLM folder that samples the responses."})
     reward_model_name_or_path: str = field(
         default=None, metadata={"help": "Reward model folder (ours or Skywork-VL-Reward format) that scores them."}
@@ -81,7 +86,7 @@ class BuildPairsConfig:
         for name in ("prompts", "policy_name_or_path", "reward_model_name_or_path", "output_dir"):
             if not getattr(self, name):
                 problems.append(f"{name} is required (--{name} ...)")
-        choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"),
+        choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"), "on_bad_record": ("raise", "skip"),
                    "report_to": ("none", "wandb"), "dtype": ("float32", "bfloat16", "float16")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -11,6 +11,7 @@ from PIL import Image
 from common.images import ImageError
 from common.io import write_records
 from common.run_folder import RunFolderError
+from common.schema import RecordError
 from common.toy_task import make_example, prompt_record
 from data_builders.build import build_pairs
 
@@ -94,6 +95,9 @@ def test_image_failures_are_counted_with_the_prompt_id_and_reason(tmp_path):
         f"prompt '{rows[2]['id']}': sampling failed: image aspect ratio over 200 (image aspect ratio over 200 "
         "(10000x20; Qwen-VL's resize refuses it))"
     ]
+    strict = make_cfg(path, tmp_path / "strict", on_bad_record="raise")
+    with pytest.raises(RecordError, match=rf"record '{rows[5]['id']}' \(#5\), field 'images\[0\]': image aspect"):
+        build_pairs(strict, sampler=ChoiceSampler(), scorer=HashScorer())
 
 
 @pytest.mark.parametrize("name", ["prompts.jsonl", "prompts.parquet", "prompts_folder"])
