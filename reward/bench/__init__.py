@@ -7,7 +7,7 @@
 Accepted files (`common.io.iter_raw_rows`): `.jsonl`, `.json` (a list of rows, as Multimodal RewardBench's
 `all_data.json`), `.parquet`, a folder of Parquet shards (a hub snapshot's `data/`), or a `datasets.save_to_disk`
 folder. Image paths in JSON files are resolved against the file's folder; Parquet and `datasets` images are embedded
-bytes. A malformed row raises `common.schema.RecordError` naming the row and the field, or, with `on_error="skip"`,
+bytes. A malformed row raises `common.schema.RecordError` naming the row and the field, or, with `on_bad_record="skip"`,
 is dropped and counted per reason in a `common.io.SkipLog`.
 
 Metric functions are pure: they take the per-example rows the evaluation job writes to `predictions.jsonl` and return
@@ -33,26 +33,26 @@ def read_benchmark(
     name: str,
     path: str | Path,
     limit: int | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_bad_record: Literal["raise", "skip"] = "raise",
     skipped: SkipLog | None = None,
 ) -> list[BenchmarkExample]:
     """Read the first `limit` (all by default) valid examples of benchmark `name` from a local file or folder.
 
     Args:
-        on_error: `"raise"` stops at the first malformed row; `"skip"` drops it and counts its reason in `skipped`
+        on_bad_record: `"raise"` stops at the first malformed row; `"skip"` drops it and counts its reason in `skipped`
             (e.g. Multimodal RewardBench rows whose third-party image could not be downloaded).
 
     Raises:
         ValueError: unknown benchmark name.
-        RecordError: a malformed row (names the row and the field), with `on_error="raise"`.
+        RecordError: a malformed row (names the row and the field), with `on_bad_record="raise"`.
     """
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such benchmark file or folder: {path}")
-    if on_error == "skip" and skipped is None:
-        raise ValueError("on_error='skip' needs a SkipLog to count the skipped rows")
+    if on_bad_record == "skip" and skipped is None:
+        raise ValueError("on_bad_record='skip' needs a SkipLog to count the skipped rows")
     read_row = BENCHMARKS[name].read_row
 
     def example(row: dict, index: int, base_dir: str | None) -> BenchmarkExample:
@@ -60,7 +60,7 @@ def read_benchmark(
         return read_row(row, f"{rid!r} (#{index})" if rid is not None else f"#{index}", base_dir)
 
     base_dir = str(path.parent) if path.suffix in (".json", ".jsonl") else None  # Parquet images are embedded bytes
-    return validate_rows(iter_raw_rows(path), example, str(path), on_error, skipped, base_dir, limit)
+    return validate_rows(iter_raw_rows(path), example, str(path), on_bad_record, skipped, base_dir, limit)
 
 
 def scored_row(name: str, example: BenchmarkExample, scores: list[float]) -> dict[str, Any]:

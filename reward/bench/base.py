@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.schema import RecordError, check_image
+from common.schema import RecordError, check_record_image
 from common.scoring import ScoringGroup
 
 
@@ -41,7 +41,7 @@ def user_turn(text: str, n_images: int) -> list[dict]:
 
 def row_images(value: Any, ref: str, field: str, base_dir: str | None) -> list:
     images = value if isinstance(value, list) else [] if value is None else [value]
-    return [check_image(im, ref, f"{field}[{i}]", base_dir) for i, im in enumerate(images)]
+    return [check_record_image(im, ref, f"{field}[{i}]", base_dir) for i, im in enumerate(images)]
 
 
 def finite(value: Any, ref: str, field: str) -> float:

@@ -21,16 +21,16 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_vlm_path):
-    scorer = RewardScorer.from_pretrained(str(tiny_vlm_path), device="cpu", progress=False)
+def loaded(tiny_reward_path):
+    scorer = RewardScorer.from_pretrained(str(tiny_reward_path), device="cpu", progress=False)
     return scorer.model, scorer.processor
 
 
 @pytest.fixture
-def scorer(loaded, tiny_vlm_path):
+def scorer(loaded, tiny_reward_path):
     """A fresh scorer (fresh config) around the shared, read-only model."""
     model, processor = loaded
-    return RewardScorer(model, processor, ScorerConfig(model_name_or_path=str(tiny_vlm_path), progress=False))
+    return RewardScorer(model, processor, ScorerConfig(model_name_or_path=str(tiny_reward_path), progress=False))
 
 
 def _images(n):
@@ -116,11 +116,11 @@ def test_bad_groups_raise_clear_errors(scorer):
         scorer.score_groups([_group(1, 2)])
 
 
-def test_bfloat16_scores_are_finite_and_close(tiny_vlm_path, scorer):
+def test_bfloat16_scores_are_finite_and_close(tiny_reward_path, scorer):
     groups = [_group(1, 4)]
     scorer.config.group_aware = True
     ref = scorer.score_groups(groups)
-    bf16 = RewardScorer.from_pretrained(str(tiny_vlm_path), device="cpu", dtype="bfloat16", progress=False)
+    bf16 = RewardScorer.from_pretrained(str(tiny_reward_path), device="cpu", dtype="bfloat16", progress=False)
     got = bf16.score_groups(groups)
     assert all(math.isfinite(x) for x in got[0])
     assert _max_diff(ref, got) < 0.1
@@ -163,9 +163,9 @@ def test_scorer_loads_a_saved_reward_checkpoint(tmp_path, scorer):
 
 
 @pytest.mark.gpu
-def test_group_aware_equals_naive_on_this_ranks_gpu(tiny_vlm_path):
+def test_group_aware_equals_naive_on_this_ranks_gpu(tiny_reward_path):
     """device="auto" puts the scorer on cuda:LOCAL_RANK; there too group-aware scores equal the naive ones (fp32)."""
-    scorer = RewardScorer.from_pretrained(str(tiny_vlm_path), device="auto", progress=False)
+    scorer = RewardScorer.from_pretrained(str(tiny_reward_path), device="auto", progress=False)
     assert scorer.device.type == "cuda"
     naive, shared = _both(scorer, [_group(n, k) for n, k in ((0, 2), (1, 4), (2, 3))])
     assert _max_diff(naive, shared) <= TOL
