@@ -58,7 +58,7 @@ def lora_config(cfg: VLTrainingFields, **options):
 
 @dataclass
 class VLTrainingFields:
-    """Config fields of both training jobs: image size, bad records, what trains (freezing, LoRA)."""
+    """Config fields of both training jobs: image size, bad records, the run folder, what trains (freezing, LoRA)."""
 
     min_pixels: int | None = field(default=None, metadata={"help": "Lower bound on image area (None: processor's)."})
     max_pixels: int | None = field(
@@ -69,6 +69,9 @@ class VLTrainingFields:
         metadata={"help": "A malformed record (missing field, empty response, unreadable image): raise, or skip it "
                   "and count it in the run summary."},
     )  # fmt: skip
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete an output_dir holding a run of other settings or inputs, start over."}
+    )
     freeze_vision_tower: bool = field(default=False, metadata={"help": "Freeze the ViT blocks and patch embedding."})
     freeze_merger: bool = field(default=False, metadata={"help": "Freeze the vision-to-LM projector (merger)."})
     freeze_language_model: bool = field(

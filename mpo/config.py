@@ -80,9 +80,6 @@ class MPOConfig(VLTrainingFields, DPOConfig):
     wandb_project: str | None = field(
         default=None, metadata={"help": "wandb project (with report_to=wandb); WANDB_MODE=offline works."}
     )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Delete an output_dir holding a run of other settings or inputs, start over."}
-    )
 
     def __post_init__(self):
         super().__post_init__()

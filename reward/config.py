@@ -117,9 +117,6 @@ class RewardConfig(VLTrainingFields, TrainingArguments):
         default=False, metadata={"help": "Must stay False: the collator needs the raw prompt/chosen/rejected/images."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log loss, accuracy, margin and rewards every N steps."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Delete an output_dir holding a run of other settings or inputs, start over."}
-    )
 
     def __post_init__(self):
         super().__post_init__()

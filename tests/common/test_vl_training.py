@@ -61,6 +61,7 @@ def test_both_configs_take_the_shared_fields(tmp_path):
     cpu = {"use_cpu": True, "bf16": False, "report_to": "none"}
     mpo = MPOConfig(output_dir=str(tmp_path), use_lora=True, lora_r=4, on_bad_record="skip", **cpu)
     assert (reward.lora_r, reward.on_bad_record, mpo.lora_r, mpo.on_bad_record) == (4, "skip", 4, "skip")
+    assert not reward.overwrite_output_dir and not mpo.overwrite_output_dir
     # each job keeps its own default where they differ: the reward model freezes the ViT as the paper does
     assert RewardConfig(output_dir=str(tmp_path)).freeze_vision_tower is True
     assert MPOConfig(output_dir=str(tmp_path), **cpu).freeze_vision_tower is False
