@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from common.config_checks import model_path_problems, output_dir_problems, raise_problems
 from data_builders.pairing import RULES
 from data_builders.sampling import SamplingParams
 from data_builders.sources import FORMATS
@@ -72,10 +73,10 @@ class BuildPairsConfig:
 
     def validate(self) -> None:
         """Check every field at once; raise one ValueError listing all problems and their fixes."""
-        problems = []
-        for name in ("prompts", "policy_name_or_path", "reward_model_name_or_path", "output_dir"):
-            if not getattr(self, name):
-                problems.append(f"{name} is required (--{name} ...)")
+        problems = [] if self.prompts else ["prompts is required (--prompts ...)"]
+        problems += model_path_problems(self.policy_name_or_path, "policy_name_or_path")
+        problems += model_path_problems(self.reward_model_name_or_path, "reward_model_name_or_path")
+        problems += output_dir_problems(self.output_dir)
         choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"),
                    "report_to": ("none", "wandb"), "dtype": ("float32", "bfloat16", "float16")}  # fmt: skip
         for name, allowed in choices.items():
@@ -90,8 +91,7 @@ class BuildPairsConfig:
             self.sampling_params()
         except ValueError as e:
             problems.append(str(e))
-        if problems:
-            raise ValueError("invalid BuildPairsConfig:\n  - " + "\n  - ".join(problems))
+        raise_problems("BuildPairsConfig", problems)
 
     def content_fields(self) -> dict:
         """The fields that decide the output (a resumed run must match them)."""
