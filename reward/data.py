@@ -96,7 +96,7 @@ def _weighted(ds: Dataset, weight: float, seed: int) -> Dataset:
     return ds.select(indices.tolist())
 
 
-def check_margins(ds: Dataset, source: str, on_error: str, skipped: SkipLog) -> Dataset:
+def check_margins(ds: Dataset, source: str, on_bad_record: str, skipped: SkipLog) -> Dataset:
     """Records whose `margin` exceeds `MAX_ABS_MARGIN` in size raise (naming the record) or are skipped and counted.
     (Non-finite margins never get here: `common.schema` refuses them on read.)"""
     if "margin" not in ds.column_names:
@@ -108,7 +108,7 @@ def check_margins(ds: Dataset, source: str, on_error: str, skipped: SkipLog) -> 
             continue
         ref = record_ref({"id": ids[i]}, i)
         error = RecordError(ref, "margin", f"|margin| must be <= {MAX_ABS_MARGIN:g}", f"got {margin!r}, in {source}")
-        if on_error == "raise":
+        if on_bad_record == "raise":
             raise error
         skipped.add(error.reason, str(error))
     return ds if len(keep) == len(ds) else ds.select(keep)
@@ -117,7 +117,7 @@ def check_margins(ds: Dataset, source: str, on_error: str, skipped: SkipLog) -> 
 def read_pairs(path: str, cfg: RewardConfig, processor, skipped: SkipLog, flagged: SkipLog | None = None) -> Dataset:
     """One dataset, validated (bad records raise or are counted in `skipped`) and length-filtered, with the trainer's
     columns; duplicate ids and chosen == rejected are counted in `flagged` (see `common.record_checks.flag_pairs`)."""
-    ds = read_records(path, "preference", on_error=cfg.on_bad_record, skipped=skipped)
+    ds = read_records(path, "preference", on_bad_record=cfg.on_bad_record, skipped=skipped)
     ds = check_margins(ds, path, cfg.on_bad_record, skipped)
     if flagged is not None:
         flag_pairs(ds, path, flagged)
