@@ -203,7 +203,7 @@ def test_margins_bounded_and_suspicious_pairs_counted_in_the_summary(tiny_vlm_pa
     path = write_records(records, tmp_path / "pairs.jsonl")
     with open(path, "a") as f:  # JSON's NaN parses: a non-finite margin is refused on read, naming the record
         f.write(json.dumps(dict(toy_records[1], id="nan", margin=float("nan"))) + "\n")
-    processor = load_reward_model(tiny_vlm_path)[1]
+    processor = load_reward_model(tiny_vlm_path, new_head_ok=True)[1]
     skipped, flagged = SkipLog(), SkipLog()
     cfg = _config(tmp_path, tiny_vlm_path, [], on_bad_record="skip")
     ds = read_pairs(str(path), cfg, processor, skipped, flagged)
