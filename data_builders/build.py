@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +36,8 @@ from common.cli import write_run_meta
 from common.io import SkipLog, write_records, write_text_atomic
 from common.schema import RecordError
 from common.scoring import Scorer, ScoringGroup
+from data_builders.chunks import chunk_paths as _chunk_paths
+from data_builders.chunks import prepare_output_dir
 from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
 from data_builders.report import add_count, log_to_wandb, merge_stats, new_stats, write_report
@@ -58,40 +59,6 @@ def _rank_world() -> tuple[int, int]:
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
-
-
-def _chunk_paths(out_dir: Path, chunk: int) -> tuple[Path, Path]:
-    base = out_dir / "chunks" / f"chunk-{chunk:06d}"
-    return base, base.with_suffix(".json")
-
-
-def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
-    """Create `output_dir`, or check that the build already there used the same content fields (then resume).
-
-    Every rank checks (same files, same verdict, so all raise together) before rank 0 changes anything.
-    """
-    out = Path(cfg.output_dir)
-    state = out / "build_config.json"
-    wanted = json.loads(json.dumps(cfg.content_fields()))
-    old = json.loads(state.read_text()) if state.exists() else None
-    stale = (old is not None and old != wanted) or (old is None and out.exists() and any(out.iterdir()))
-    if stale and not cfg.overwrite:
-        if old is None:
-            raise ValueError(f"output_dir {out} is not empty and holds no pair build: choose another output_dir "
-                             "or set --overwrite true")  # fmt: skip
-        diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
-        raise ValueError(f"output_dir {out} holds a build with a different config {diff} (old, new): "
-                         "choose another output_dir or set --overwrite true")  # fmt: skip
-    _barrier()
-    if rank == 0:
-        if stale:
-            shutil.rmtree(out)
-        (out / "chunks").mkdir(parents=True, exist_ok=True)
-        for leftover in (out / "chunks").glob(".*.tmp-*"):  # half-written files of a killed run
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        write_text_atomic(state, json.dumps(wanted, sort_keys=True))
-    _barrier()
-    return out
 
 
 def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Scorer, cfg: BuildPairsConfig,
@@ -205,7 +172,7 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
     """
     cfg.validate()
     rank, world = _rank_world()
-    out = prepare_output_dir(cfg, rank)
+    out = prepare_output_dir(cfg, rank, _barrier)
     read_skips = SkipLog()
     prompts = read_prompts(cfg.prompts, cfg.prompt_format, cfg.image_root, read_skips, max_prompts=cfg.max_prompts)
     n_chunks = math.ceil(len(prompts) / cfg.chunk_size)

@@ -96,10 +96,11 @@ class RewardDataConfig:
     the rest into one `datasets` folder per training stage."""
 
     # > inputs
-    sources: Any = field(default=None, metadata={"help": "The sources: a YAML list of mappings (see SourceSpec)."})
-    stages: Any = field(default=None, metadata={"help": "The stages: a YAML list of mappings (see StageSpec)."})
-    benchmarks: Any = field(
-        default_factory=list, metadata={"help": "Evaluation sets to decontaminate against (see BenchmarkSpec)."}
+    # (typed `str` for the command line, where they are JSON; YAML gives the lists themselves)
+    sources: str | None = field(default=None, metadata={"help": "The sources: a YAML list of mappings (SourceSpec)."})
+    stages: str | None = field(default=None, metadata={"help": "The stages: a YAML list of mappings (StageSpec)."})
+    benchmarks: str | None = field(
+        default=None, metadata={"help": "Evaluation sets to decontaminate against: a YAML list (BenchmarkSpec)."}
     )
     # > cleaning
     drop_ambiguous: bool = field(

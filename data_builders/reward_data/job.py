@@ -38,7 +38,7 @@ from common.cli import write_run_meta
 from common.io import check_row_parsed, write_records, write_text_atomic
 from common.schema import RecordError, message_text, validate_preference_record
 from common.scoring import Scorer
-from data_builders.build import _chunk_paths, prepare_output_dir
+from data_builders.chunks import chunk_paths, prepare_output_dir
 from data_builders.reward_data.config import RewardDataConfig, SourceSpec
 from data_builders.reward_data.decontam import BenchmarkIndex
 from data_builders.reward_data.dedup import DedupIndex, image_keys, messages_text, pair_keys
@@ -212,7 +212,7 @@ def _make_surrogate(cfg: RewardDataConfig, scorer: Scorer | None) -> SurrogateFi
 
 
 def _keys_path(out: Path, chunk: int) -> Path:
-    return _chunk_paths(out, chunk)[0].with_suffix(".keys.npz")
+    return chunk_paths(out, chunk)[0].with_suffix(".keys.npz")
 
 
 def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> dict[str, Path]:
@@ -227,8 +227,10 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
         ValueError: an invalid config, or an `output_dir` that holds a different build.
     """
     cfg.validate()
+    if not cfg.progress:
+        datasets.disable_progress_bars()
     sources, stages, bench_specs, _ = cfg.specs()
-    out = prepare_output_dir(cfg, rank=0)
+    out = prepare_output_dir(cfg)
     benchmarks = BenchmarkIndex(bench_specs, cfg.decontam_text_threshold, cfg.image_hash_distance, cfg.num_perm)
     surrogate = _make_surrogate(cfg, scorer)
     pipeline = Pipeline(cfg, benchmarks, surrogate)
@@ -240,7 +242,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
             chunk = list(itertools.islice(rows, cfg.chunk_size))
             if not chunk:
                 break
-            data, stats_path = _chunk_paths(out, c)
+            data, stats_path = chunk_paths(out, c)
             if stats_path.exists():  # finished by an earlier run: only its keys are needed
                 pipeline.index.load_chunk(_keys_path(out, c))
                 chunk_stats.append(json.loads(stats_path.read_text()))
@@ -250,8 +252,9 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
                     write_records(datasets.Dataset.from_list(records, features=FEATURES), data)
                 DedupIndex.save_chunk(_keys_path(out, c), [r["id"] for r in records], keys, cfg.num_perm)
                 stats.data["chunk"] = c
-                write_text_atomic(stats_path, json.dumps(stats.data, sort_keys=True))  # last: marks it finished
-                chunk_stats.append(stats.data)
+                text = json.dumps(stats.data, sort_keys=True)
+                write_text_atomic(stats_path, text)  # last: marks the chunk finished
+                chunk_stats.append(json.loads(text))  # as a resumed run reads it, so both report alike
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -263,7 +266,7 @@ def _finish(cfg, out: Path, sources, stages, chunk_stats: list[Mapping], pipelin
             benchmarks: BenchmarkIndex) -> dict[str, Path]:  # fmt: skip
     """Mix the kept pairs into stages, write them, the decontamination list and the report."""
     total = merge_chunk_stats(chunk_stats)
-    parts = [datasets.load_from_disk(str(_chunk_paths(out, st["chunk"])[0])) for st in chunk_stats if st["kept"]]
+    parts = [datasets.load_from_disk(str(chunk_paths(out, st["chunk"])[0])) for st in chunk_stats if st["kept"]]
     cleaned = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_list([], features=FEATURES)
     kept_sources = np.array([s for s, _ in total["kept"]], dtype=object)
     text_only = np.array([t for _, t in total["kept"]], dtype=bool)
@@ -275,7 +278,9 @@ def _finish(cfg, out: Path, sources, stages, chunk_stats: list[Mapping], pipelin
         rows, counts = plan_stage(stage, k, sources, positions, text_only, cfg.seed)
         paths[stage.name] = write_records(cleaned.select(rows.tolist()), out / "stages" / stage.name)
         mixes[stage.name] = {"pairs": int(len(rows)), "text_only": int(text_only[rows].sum()), "sources": counts}
-    write_text_atomic(out / "decontaminated.jsonl", "".join(json.dumps(d) + "\n" for d in total["decontaminated"]))
+    write_text_atomic(
+        out / "decontaminated.jsonl", "".join(json.dumps(d, sort_keys=True) + "\n" for d in total["decontaminated"])
+    )
     stage_block = [{"name": name, "datasets": {str(p): 1.0}} for name, p in paths.items()]
     write_text_atomic(out / "stages.yaml", "stages:\n" + "".join(
         f"  - name: {s['name']}\n    datasets: {{{json.dumps(next(iter(s['datasets'])))}: 1.0}}\n"
