@@ -14,12 +14,14 @@ resumed job rebuilds the same index.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
 import pickle
 import unicodedata
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +37,16 @@ SHINGLE = 5
 SCHEME = "affine32"  # 32-bit hash values: stored as uint32
 
 
+@functools.lru_cache(maxsize=4)
+def _permutations(num_perm: int) -> np.ndarray:
+    """The seeded permutations, made once (datasketch draws them anew for every MinHash: ~1 ms each)."""
+    return MinHash(num_perm=num_perm, seed=1, scheme=SCHEME).permutations
+
+
 def sketch(hash_values: np.ndarray) -> MinHash:
     """A MinHash from stored values (for LSH insert and query)."""
-    return MinHash(num_perm=len(hash_values), seed=1, hashvalues=hash_values.astype(np.uint64), scheme=SCHEME)
+    return MinHash(seed=1, hashvalues=hash_values.astype(np.uint64), permutations=_permutations(len(hash_values)),
+                   scheme=SCHEME)  # fmt: skip
 
 
 def normalize_text(text: str) -> str:
@@ -80,9 +89,10 @@ def image_keys(images: Sequence[bytes]) -> list[ImageKey] | str:
 
 
 def minhash(text: str, num_perm: int) -> np.ndarray:
-    """MinHash values (uint32) of the text's character 5-grams (the whole text when shorter)."""
+    """MinHash values (uint32) of the text's character 5-grams (the whole text when shorter), hashed with CRC32
+    (deterministic across processes, and a C call: sha1 was the job's hottest function)."""
     shingles = {text[i : i + SHINGLE] for i in range(max(1, len(text) - SHINGLE + 1))}
-    m = MinHash(num_perm=num_perm, seed=1, scheme=SCHEME)
+    m = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32, permutations=_permutations(num_perm), scheme=SCHEME)
     m.update_batch([s.encode() for s in sorted(shingles)])
     return m.hashvalues.astype(np.uint32)
 

@@ -11,7 +11,7 @@ several pairs), `validate` (the record schema), `ambiguous`, `images` (decode an
     chunks/chunk-000003.keys.npz     their dedup keys (a resumed run rebuilds the index from these)
     chunks/chunk-000003.json         the chunk's statistics, written last: its presence marks the chunk finished
     stages/<name>/                   one datasets folder per stage: `recipes/train_reward.py` reads it directly
-    stages.yaml                      the `stages:` block of a reward training config pointing at them
+    stages.yaml, stages.json         the `stages:` of a reward training config pointing at them (YAML; JSON for --stages)
     decontaminated.jsonl             every pair dropped for benchmark overlap, with the item it matched
     report.json, report.md, hist_*.png, run_meta.json
 
@@ -32,6 +32,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
@@ -282,9 +283,8 @@ def _finish(cfg, out: Path, sources, stages, chunk_stats: list[Mapping], pipelin
         out / "decontaminated.jsonl", "".join(json.dumps(d, sort_keys=True) + "\n" for d in total["decontaminated"])
     )
     stage_block = [{"name": name, "datasets": {str(p): 1.0}} for name, p in paths.items()]
-    write_text_atomic(out / "stages.yaml", "stages:\n" + "".join(
-        f"  - name: {s['name']}\n    datasets: {{{json.dumps(next(iter(s['datasets'])))}: 1.0}}\n"
-        for s in stage_block))  # fmt: skip
+    write_text_atomic(out / "stages.json", json.dumps(stage_block))
+    write_text_atomic(out / "stages.yaml", yaml.safe_dump({"stages": stage_block}, sort_keys=False))
     index_bytes = pipeline.index.size_bytes()
     meta = {"stages": mixes, "cleaned_pairs": len(cleaned),
             "dedup_index": {"pairs": len(pipeline.index), "bytes": index_bytes,

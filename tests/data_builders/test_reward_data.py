@@ -134,12 +134,15 @@ def test_job_on_the_tiny_config_counts_every_step_and_removes_only_planted_items
     assert without_ids - with_ids == {"rlaif_v/00000005", "rlaif_v/00000006"} and with_ids < without_ids
     # stages: stage 1 multimodal only, stage 2 adds the text-only sources; train_reward's reader takes them as they are
     stages = report["stages"]
-    assert stages["multimodal"]["text_only"] == 0 and stages["multimodal"]["pairs"] == 12
-    assert stages["with_text"]["pairs"] == report["cleaned_pairs"] == 17 and stages["with_text"]["text_only"] == 5
+    assert stages["multimodal"]["text_only"] == 0 and stages["multimodal"]["pairs"] == 13
+    # stage 2: 5 text-only pairs, so the 13 multimodal ones are cut to 12 for a text-only share of 0.3 (5/17)
+    assert (
+        report["cleaned_pairs"] == 18 and stages["with_text"]["text_only"] == 5 and stages["with_text"]["pairs"] == 17
+    )
     ds = read_records(paths["multimodal"])
     assert set(ds.column_names) >= {"id", "prompt", "chosen", "rejected", "images", "source", "meta", "margin"}
     assert all(len(ims) == 1 for ims in ds["images"])
-    assert report["dedup_index"]["pairs"] == 17 and report["dedup_index"]["bytes_per_pair"] > 0
+    assert report["dedup_index"]["pairs"] == 18 and report["dedup_index"]["bytes_per_pair"] > 0
     assert all((out / f"hist_{h}.png").stat().st_size > 0 for h in ("prompt_words", "image_width"))
     assert "| decontaminate | 7 | 5 | overlaps vl_rewardbench: 2 |" in (out / "report.md").read_text()
     assert yaml.safe_load((out / "stages.yaml").read_text())["stages"][0] == {
@@ -202,6 +205,14 @@ def test_surrogate_filter_on_the_tiny_reward_model(reward_scorer, tmp_path):
     assert weak.reason(1.0, 0.8) == "surrogate: gap < 0.5" and weak.reason(1.0, 2.0) == NEGATIVE_GAP
 
 
+def test_shipped_paper_config_parses_and_only_misses_the_data():
+    (cfg,) = parse_configs([RewardDataConfig], ["--config", str(REPO / "recipes/configs/reward_data_skywork.yaml")])
+    sources, stages, benchmarks, problems = cfg.specs()
+    assert [s.name for s in stages] == ["multimodal", "with_text"] and len(benchmarks) == 3
+    assert set(stages[1].sources) - set(stages[0].sources) == {"skywork"}  # stage 2 adds the text-only pairs
+    assert problems and all("does not exist" in p for p in problems)
+
+
 def test_bad_config_lists_every_problem(tmp_path):
     cfg = RewardDataConfig(sources=[{"name": "x", "format": "nope", "path": str(tmp_path / "missing")}, {"name": "x"}],
                            stages='[{"name": "s", "sources": ["y"], "text_only_share": 1.5}]',
@@ -219,7 +230,7 @@ def tree_digest(out: Path) -> dict[str, str]:
     digest = {}
     for p in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "run_meta.json"):
         data = p.read_bytes()
-        if p.name == "stages.yaml":
+        if p.name in ("stages.yaml", "stages.json"):
             data = data.replace(str(out).encode(), b"<out>")
         digest[str(p.relative_to(out))] = hashlib.sha256(data).hexdigest()
     return digest
@@ -257,7 +268,7 @@ def test_train_reward_trains_on_the_stages_the_job_wrote(tiny_vlm_path, tmp_path
                        max_length=512, save_steps=100, logging_steps=1, seed=0)  # fmt: skip
     export = train_reward_model(cfg)
     assert export == tmp_path / "run" / "with_text" / "model"
-    for name, n_pairs in (("multimodal", 12), ("with_text", 17)):
+    for name, n_pairs in (("multimodal", 13), ("with_text", 17)):
         summary = json.loads((tmp_path / "run" / name / "model" / SUMMARY_FILE).read_text())
         assert summary["n_train_pairs"] == n_pairs and summary["skipped"]["total"] == 0
         assert summary["metrics"]["global_step"] == 2 and np.isfinite(summary["metrics"]["train_loss"])

@@ -56,7 +56,7 @@ def test_vlfeedback_pairs_from_the_rating_gap_with_images_in_a_zip():
     records, _ = read("vlfeedback", "vlfeedback.jsonl", "vlfeedback_images.zip", aspects=["Helpfulness"],
                       min_gap=1.5, pairs="all")  # fmt: skip
     assert [texts(r)[1:] for r in records] == [("A green ring.", "Green."), ("A green ring.", "A red square."),
-                                               ("A ring.", "A red square."), ("Green.", "A red square.")]  # fmt: skip
+                                               ("It is a circle outline.", "A red square."), ("Green.", "A red square.")]  # fmt: skip
 
 
 def test_llava_critic_recovers_the_pair_from_the_judgement():
