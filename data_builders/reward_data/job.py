@@ -233,8 +233,8 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
     sources, stages, bench_specs, _ = cfg.specs()
     out = prepare_output_dir(cfg)
     benchmarks = BenchmarkIndex(bench_specs, cfg.decontam_text_threshold, cfg.image_hash_distance, cfg.num_perm)
-    surrogate = _make_surrogate(cfg, scorer)
-    pipeline = Pipeline(cfg, benchmarks, surrogate)
+    pipeline = Pipeline(cfg, benchmarks, None)  # its image-hashing pool forks before any model is loaded
+    pipeline.surrogate = _make_surrogate(cfg, scorer)
     bar = tqdm(unit="row", desc="build_reward_data", disable=not cfg.progress)
     chunk_stats = []
     try:

@@ -23,7 +23,8 @@ Formats (`SourceSpec.format`) and their `options`:
 * ``mmpr``: OpenGVLab/MMPR: `path` is its `meta.json` ({name: {`root`, `annotation`, ...}}), each annotation a
   JSONL of `image` (path or list under `root`), `question` (`<image>` tags), `chosen`, `rejected`.
 * ``mapping``: any table; `options.columns` maps record fields to its columns, e.g. `{prompt: question, chosen:
-  good, rejected: bad, images: img, id: uid}`; a prompt column may hold a string or messages.
+  good, rejected: bad, images: img, id: uid, chosen_rating: score_a, rejected_rating: score_b}` (ratings optional:
+  equal ones make the pair ambiguous); a prompt column may hold a string or messages.
 * ``preference``: our own records (`id`, `prompt`, `chosen`, `rejected`, `images`).
 
 A row that cannot be converted raises `RecordError` (its `reason` is counted by the job); one row may give several
@@ -80,8 +81,17 @@ class ImageResolver:
 
 
 def iter_table(path: str | Path) -> Iterator[dict]:
-    """Rows of a JSONL/JSON/Parquet file, a folder of Parquet shards or a `datasets` folder (images undecoded)."""
+    """Rows of a JSONL/JSON/Parquet file, a folder of Parquet shards or a `datasets` folder (images undecoded).
+
+    A `.json` file holding one array is loaded whole (the one format that cannot stream); otherwise one row a line.
+    """
     path = Path(path)
+    if path.suffix == ".json" and path.is_file():
+        with open(path) as f:
+            head = f.read(1024).lstrip()[:1]
+        if head == "[":
+            yield from json.loads(path.read_text())
+            return
     if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
         shards = sorted(path.rglob("*.parquet"))
         if not shards:
@@ -230,8 +240,9 @@ def _mapping(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> l
     for key in ("chosen", "rejected"):
         value = row.get(cols[key])
         responses[key] = value[-1].get("content") if isinstance(value, list) and value else value
+    ratings = {k: row.get(cols[k]) for k in ("chosen_rating", "rejected_rating") if k in cols}
     return [_pair(prompt, images, _text(responses["chosen"], ref, cols["chosen"]),
-                  _text(responses["rejected"], ref, cols["rejected"]), original_id=row.get(cols["id"]))]  # fmt: skip
+                  _text(responses["rejected"], ref, cols["rejected"]), original_id=row.get(cols["id"]), **ratings)]  # fmt: skip
 
 
 def _preference(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:

@@ -123,15 +123,18 @@ def test_job_on_the_tiny_config_counts_every_step_and_removes_only_planted_items
     assert rlaif["decontaminate"] == {"in": 7, "out": 5, "dropped": {"overlaps vl_rewardbench": 2}}
     assert rlaif["exact_dedup"]["dropped"] == {"exact duplicate": 1}
     assert rlaif["near_dedup"] == {"in": 4, "out": 3, "dropped": {"near duplicate": 1}}
+    assert report["sources"]["mapped"]["ambiguous"] == {"in": 2, "out": 1, "dropped": {"ambiguous: equal ratings": 1}}
     decontaminated = [json.loads(line) for line in (out / "decontaminated.jsonl").read_text().splitlines()]
     assert [(d["id"], d["item_id"]) for d in decontaminated] == [("rlaif_v/00000005", "RLAIF-V_2"),
                                                                   ("rlaif_v/00000006", "vlfeedback_0")]  # fmt: skip
     assert report["overlaps"] == {"vl_rewardbench": 2}
     # without benchmarks exactly the two planted pairs come back (stage 1 takes every multimodal pair)
-    no_bench = tiny_config(tmp_path / "no_bench", "--benchmarks", "[]")
+    no_bench = tiny_config(tmp_path / "no_bench", "--benchmarks", "[]", "--report_to", "wandb")  # offline
     with_ids = set(read_records(paths["multimodal"])["id"])
     without_ids = set(read_records(build_reward_data(no_bench)["multimodal"])["id"])
     assert without_ids - with_ids == {"rlaif_v/00000005", "rlaif_v/00000006"} and with_ids < without_ids
+    runs = list((tmp_path / "no_bench" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
     # stages: stage 1 multimodal only, stage 2 adds the text-only sources; train_reward's reader takes them as they are
     stages = report["stages"]
     assert stages["multimodal"]["text_only"] == 0 and stages["multimodal"]["pairs"] == 13

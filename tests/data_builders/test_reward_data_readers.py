@@ -90,12 +90,14 @@ def test_mmpr_meta_json_annotations_and_images_in_a_tar():
     assert records[0]["meta"]["origin"] == "tiny_reasoning"
 
 
-def test_mapping_and_own_schema():
-    records, reasons = read("mapping", "mapping.jsonl", columns={"prompt": "question", "chosen": "good",
-                                                                  "rejected": "bad", "id": "uid"})  # fmt: skip
+def test_mapping_of_a_json_array_and_own_schema():
+    columns = {"prompt": "question", "chosen": "good", "rejected": "bad", "id": "uid", "chosen_rating": "score_a",
+               "rejected_rating": "score_b"}  # fmt: skip
+    records, reasons = read("mapping", "mapping.json", columns=columns)
     assert reasons == {"good: expected a string, got NoneType": 1}
     assert texts(records[0]) == ("Translate 'hello' to French.", "Bonjour.", "Hola.")
-    assert records[0]["meta"]["original_id"] == "m-0"
+    assert records[0]["meta"] == {"original_id": "m-0"}
+    assert records[1]["meta"] == {"original_id": "m-2", "chosen_rating": 2, "rejected_rating": 2}  # the job: ambiguous
     records, reasons = read("preference", "preference.jsonl")
     assert reasons == {"prompt: expected one of ('system', 'user', 'assistant'), got 'robot'": 1} and len(records) == 1
 
