@@ -1,9 +1,9 @@
 """Preference readers: public preference sets -> preference records (`common.schema`), streamed row by row.
 
-Files: `.jsonl`/`.json` (one row a line), `.parquet`, a folder of Parquet shards (a hub snapshot), or a `datasets`
-folder. Images: embedded `{"bytes", "path"}`, or paths relative to `image_root`, which is a folder, a `.zip` or a
-`.tar` (members read without extracting); the default is the file's folder. Every image comes out as
-`{"bytes", "path"}` so the chunks embed it.
+Files: `.jsonl`/`.json` (one row a line, or one array), `.parquet` (read in record batches), a folder of Parquet
+shards (a hub snapshot), or a `datasets` folder (memory-mapped). Images: embedded `{"bytes", "path"}`, or paths
+relative to `image_root`, which is a folder, a `.zip` or a `.tar` (members read without extracting); the default is
+the file's folder. Every image comes out as `{"bytes", "path"}` so the chunks embed it.
 
 Formats (`SourceSpec.format`) and their `options`:
 
@@ -40,6 +40,8 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from common.io import iter_raw_rows
 from common.schema import RecordError
@@ -80,6 +82,12 @@ class ImageResolver:
         return (self.root / path if not Path(path).is_absolute() else Path(path)).read_bytes()
 
 
+def _parquet_rows(path: Path) -> Iterator[dict]:
+    """Rows of a Parquet file in record batches (no Arrow cache copy; memory bounded by one batch)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+        yield from batch.to_pylist()
+
+
 def iter_table(path: str | Path) -> Iterator[dict]:
     """Rows of a JSONL/JSON/Parquet file, a folder of Parquet shards or a `datasets` folder (images undecoded).
 
@@ -92,12 +100,15 @@ def iter_table(path: str | Path) -> Iterator[dict]:
         if head == "[":
             yield from json.loads(path.read_text())
             return
+    if path.suffix == ".parquet":
+        yield from _parquet_rows(path)
+        return
     if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
         shards = sorted(path.rglob("*.parquet"))
         if not shards:
             raise FileNotFoundError(f"{path}: neither a datasets folder nor a folder of .parquet files")
         for shard in shards:
-            yield from iter_raw_rows(shard)
+            yield from _parquet_rows(shard)
         return
     yield from iter_raw_rows(path)
 
