@@ -132,13 +132,14 @@ class Pipeline:
                 records.append(rec)
         return records
 
-    def process(self, rows: list) -> tuple[list[dict], list, _Stats]:
-        """Run every step over one chunk's rows; return the kept records, their dedup keys and the statistics."""
+    def process(self, rows: list) -> tuple[list[dict], tuple[list[str], list], _Stats]:
+        """Run every step over one chunk's rows; return the kept records, the ids and dedup keys of the pairs the
+        index took (the surrogate filter may drop some of those later) and the statistics."""
         stats = _Stats()
         records = self._convert(rows, stats)
         jobs = [[im["bytes"] for im in r["images"]] for r in records]
         hashed = self.pool.map(image_keys, jobs) if self.pool and jobs else [image_keys(j) for j in jobs]
-        kept, keys = [], []
+        kept, indexed, keys = [], [], []
         for rec, ikeys in zip(records, hashed):
             src = rec["source"]
             if isinstance(ikeys, str):
@@ -164,6 +165,7 @@ class Pipeline:
                 continue
             self.index.add(rec["id"], pk)
             kept.append((rec, ikeys))
+            indexed.append(rec["id"])
             keys.append(pk)
         kept = self._surrogate(kept, stats)
         out = []
@@ -179,7 +181,7 @@ class Pipeline:
             hist["image_width"] += [k.width for k in ikeys]
             hist["image_height"] += [k.height for k in ikeys]
             stats.data["kept"].append([rec["source"], not rec["images"]])
-        return out, keys, stats
+        return out, (indexed, keys), stats
 
     def _surrogate(self, kept: list, stats: _Stats) -> list:
         if self.surrogate is None:
@@ -248,10 +250,10 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
                 pipeline.index.load_chunk(_keys_path(out, c))
                 chunk_stats.append(json.loads(stats_path.read_text()))
             else:
-                records, keys, stats = pipeline.process(chunk)
+                records, (indexed, keys), stats = pipeline.process(chunk)
                 if records:
                     write_records(datasets.Dataset.from_list(records, features=FEATURES), data)
-                DedupIndex.save_chunk(_keys_path(out, c), [r["id"] for r in records], keys, cfg.num_perm)
+                DedupIndex.save_chunk(_keys_path(out, c), indexed, keys, cfg.num_perm)
                 stats.data["chunk"] = c
                 text = json.dumps(stats.data, sort_keys=True)
                 write_text_atomic(stats_path, text)  # last: marks the chunk finished

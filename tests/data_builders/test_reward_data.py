@@ -204,6 +204,13 @@ def test_surrogate_filter_on_the_tiny_reward_model(reward_scorer, tmp_path):
     kept = read_records(build_reward_data(dropped_cfg, scorer=reward_scorer)["all"])
     expected = {r["id"] for r in flagged if r["chosen_score"] >= min_chosen and gaps[r["id"]] >= 0}
     assert set(kept["id"]) == expected
+    # the dedup keys kept for a resume are those of every pair the index took, the filter's drops included
+    indexed = []
+    for path in sorted((tmp_path / "drop" / "chunks").glob("*.keys.npz")):
+        with np.load(path) as z:
+            assert len(z["ids"]) == len(z["text_hash"]) == len(z["exact"])
+            indexed += z["ids"].tolist()
+    assert sorted(indexed) == sorted(flagged["id"]) and len(indexed) > len(kept)
     weak = SurrogateFilter(reward_scorer, min_chosen_score=None, min_gap=0.5)
     assert weak.reason(1.0, 0.8) == "surrogate: gap < 0.5" and weak.reason(1.0, 2.0) == NEGATIVE_GAP
 
