@@ -18,16 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from data_builders.reward_data.readers import FORMATS
 from reward.benchmarks import READERS as BENCHMARK_READERS  # the one import of the benchmark readers
-
-# Fields that do not change what the job writes: a rerun may change them and still resume.
-RUN_ONLY_FIELDS = ("output_dir", "overwrite", "progress", "report_to", "wandb_project", "run_name", "num_proc",
-                   "device", "score_batch_size")  # fmt: skip
 
 
 @dataclass
@@ -95,6 +91,12 @@ class RewardDataConfig:
     """Read public preference sets, clean them (ambiguous pairs, duplicates, benchmark overlap, weak pairs), and mix
     the rest into one `datasets` folder per training stage."""
 
+    # Fields that do not change what the job writes: a rerun may change them and still resume (common.run_folder).
+    NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
+        "output_dir", "overwrite_output_dir", "progress", "report_to", "wandb_project", "run_name", "num_proc",
+        "device", "score_batch_size",
+    )  # fmt: skip
+
     # > inputs
     # (typed `str` for the command line, where they are JSON; YAML gives the lists themselves)
     sources: str | None = field(default=None, metadata={"help": "The sources: a YAML list of mappings (SourceSpec)."})
@@ -141,7 +143,9 @@ class RewardDataConfig:
     output_dir: str = field(default=None, metadata={"help": "Where chunks, stages/<name>/ and the report go."})
     chunk_size: int = field(default=1000, metadata={"help": "Input rows per chunk: the unit of atomic writes/resume."})
     num_proc: int = field(default=1, metadata={"help": "Processes that decode and hash images."})
-    overwrite: bool = field(default=False, metadata={"help": "Delete an output_dir built with a different config."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete an output_dir holding a build of other settings or inputs."}
+    )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     report_to: str = field(default="none", metadata={"help": "'none' or 'wandb' (the report's counts and plots)."})
     wandb_project: str = field(default="vlrm-mpo", metadata={"help": "wandb project (with report_to=wandb)."})
@@ -205,6 +209,12 @@ class RewardDataConfig:
         if problems:
             raise ValueError("invalid RewardDataConfig:\n  - " + "\n  - ".join(problems))
 
-    def content_fields(self) -> dict:
-        """The fields that decide the output (a resumed run must match them)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_FIELDS}
+    def inputs(self) -> dict[str, str]:
+        """The files the output depends on, by name (their content is fingerprinted by `common.run_folder`)."""
+        sources, _, benchmarks, _ = self.specs()
+        out = {f"source:{s.name}": s.path for s in sources}
+        out.update({f"images:{s.name}": s.image_root for s in sources if s.image_root})
+        out.update({f"benchmark:{b.name}": b.path for b in benchmarks})
+        if self.reward_model_name_or_path:
+            out["reward_model"] = self.reward_model_name_or_path
+        return out

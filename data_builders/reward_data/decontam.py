@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from datasketch import MinHashLSH
 
+from common.images import image_bytes
 from common.io import SkipLog
 from data_builders.reward_data.config import BenchmarkSpec
 from data_builders.reward_data.dedup import image_key, messages_text, minhash, sketch
@@ -34,15 +35,6 @@ class Match:
     kind: str  # "exact" (equal normalised prompt) or "near" (MinHash)
 
 
-def _image_bytes(image) -> bytes:
-    if isinstance(image, dict):
-        if image.get("bytes"):
-            return image["bytes"]
-        image = image["path"]
-    with open(image, "rb") as f:
-        return f.read()
-
-
 class BenchmarkIndex:
     """The prompts and image hashes of every benchmark item, searchable by a training pair's prompt and images."""
 
@@ -56,11 +48,11 @@ class BenchmarkIndex:
         self.sizes: dict[str, int] = {}
         for spec in specs:
             skips = SkipLog()
-            examples = read_benchmark(spec.name, spec.path, on_error="skip", skipped=skips)
+            examples = read_benchmark(spec.name, spec.path, on_bad_record="skip", skipped=skips)
             self.skipped[spec.name], self.sizes[spec.name] = skips.to_dict(), len(examples)
             for ex in examples:
                 item_id = str(ex.row.get("id", ex.row.get("ID")))
-                phashes = tuple(image_key(_image_bytes(im)).phash for im in ex.group.images)
+                phashes = tuple(image_key(image_bytes(im)["bytes"]).phash for im in ex.group.images)
                 self._add(BenchmarkItem(spec.name, item_id, phashes), messages_text(ex.group.prompt))
 
     def _add(self, item: BenchmarkItem, text: str) -> None:

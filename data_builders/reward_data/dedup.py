@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -29,8 +28,8 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from datasketch import MinHash, MinHashLSH
-from PIL import Image
 
+from common.images import CANNOT_DECODE, ImageError, load_image
 from common.io import atomic_tmp_path
 
 SHINGLE = 5
@@ -73,19 +72,20 @@ class ImageKey:
 
 
 def image_key(data: bytes) -> ImageKey:
-    """Decode an image once and hash it (raises OSError/ValueError if it does not decode)."""
-    with Image.open(io.BytesIO(data)) as im:
-        rgb = im.convert("RGB")
+    """Decode an image once and hash it (raises `common.images.ImageError` if it cannot be used)."""
+    rgb = load_image({"bytes": data, "path": None})  # the toolkit's one checked loader (size, aspect ratio)
     sha = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
     return ImageKey(sha, int(str(imagehash.phash(rgb)), 16), rgb.width, rgb.height)
 
 
 def image_keys(images: Sequence[bytes]) -> list[ImageKey] | str:
-    """The keys of one record's images, or the decoding error (a picklable result for a process pool)."""
+    """The keys of one record's images, or why one cannot be used (a picklable result for a process pool)."""
     try:
         return [image_key(b) for b in images]
-    except (OSError, ValueError, SyntaxError) as e:
-        return f"{type(e).__name__}: {e}"
+    except ImageError as e:
+        return e.problem
+    except (OSError, ValueError, SyntaxError):
+        return CANNOT_DECODE
 
 
 def minhash(text: str, num_perm: int) -> np.ndarray:

@@ -6,7 +6,7 @@ Steps per pair, each counted per source in the report (in, out, and why): `read`
 several pairs), `validate` (the record schema), `ambiguous`, `images` (decode and hash), `decontaminate`,
 `exact_dedup`, `near_dedup`, `surrogate` (with a reward model). Layout of `output_dir`::
 
-    build_config.json                the config fields that decide the output (a rerun must match them to resume)
+    run_config.json                  the settings and input fingerprints (common.run_folder: a rerun must match)
     chunks/chunk-000003/             kept pairs of input rows [3*chunk_size, 4*chunk_size) (datasets folder)
     chunks/chunk-000003.keys.npz     their dedup keys (a resumed run rebuilds the index from these)
     chunks/chunk-000003.json         the chunk's statistics, written last: its presence marks the chunk finished
@@ -37,9 +37,10 @@ from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
 from common.io import check_row_parsed, write_records, write_text_atomic
+from common.run_folder import claim_output_dir
 from common.schema import RecordError, message_text, validate_preference_record
 from common.scoring import Scorer
-from data_builders.chunks import chunk_paths, prepare_output_dir
+from data_builders.chunks import chunk_paths, prepare_chunks_dir
 from data_builders.reward_data.config import RewardDataConfig, SourceSpec
 from data_builders.reward_data.decontam import BenchmarkIndex
 from data_builders.reward_data.dedup import DedupIndex, image_keys, messages_text, pair_keys
@@ -117,9 +118,10 @@ class Pipeline:
                 continue
             stats.passed(spec.name, "read", 1, len(pairs))
             for k, rec in enumerate(pairs):
-                rec = {**rec, "id": rid if len(pairs) == 1 else f"{rid}-{k}", "source": spec.name}
+                meta = rec.get("meta") or {}  # a dict until written (the schema wants its JSON string)
+                rec = {**rec, "id": rid if len(pairs) == 1 else f"{rid}-{k}", "source": spec.name, "meta": None}
                 try:
-                    rec = validate_preference_record(rec, index=index)
+                    rec = {**validate_preference_record(rec, index=index), "meta": meta}
                 except RecordError as e:
                     stats.dropped(spec.name, "validate", e.reason)
                     continue
@@ -143,7 +145,7 @@ class Pipeline:
         for rec, ikeys in zip(records, hashed):
             src = rec["source"]
             if isinstance(ikeys, str):
-                stats.dropped(src, "images", "images: cannot decode")
+                stats.dropped(src, "images", f"images: {ikeys}")
                 continue
             stats.passed(src, "images")
             prompt_text = messages_text(rec["prompt"])
@@ -227,13 +229,15 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
             local reward model at `cfg.reward_model_name_or_path`, or no filter when that is unset.
 
     Raises:
-        ValueError: an invalid config, or an `output_dir` that holds a different build.
+        ValueError: an invalid config. common.run_folder.RunFolderError: `output_dir` holds a different build.
     """
     cfg.validate()
     if not cfg.progress:
         datasets.disable_progress_bars()
     sources, stages, bench_specs, _ = cfg.specs()
-    out = prepare_output_dir(cfg)
+    out = Path(cfg.output_dir)
+    claim_output_dir(out, [cfg], cfg.inputs(), overwrite=cfg.overwrite_output_dir)
+    prepare_chunks_dir(out)
     benchmarks = BenchmarkIndex(bench_specs, cfg.decontam_text_threshold, cfg.image_hash_distance, cfg.num_perm)
     pipeline = Pipeline(cfg, benchmarks, None)  # its image-hashing pool forks before any model is loaded
     pipeline.surrogate = _make_surrogate(cfg, scorer)

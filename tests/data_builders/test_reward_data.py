@@ -118,7 +118,7 @@ def test_job_on_the_tiny_config_counts_every_step_and_removes_only_planted_items
         "out": 9,
         "dropped": {"question: expected a non-empty question string, got ''": 1},
     }
-    assert rlaif["validate"]["dropped"] == {"images: cannot open image bytes": 1}
+    assert rlaif["validate"]["dropped"] == {"images: cannot decode image": 1}
     assert rlaif["ambiguous"]["dropped"] == {"ambiguous: chosen equals rejected (normalised)": 1}
     assert rlaif["decontaminate"] == {"in": 7, "out": 5, "dropped": {"overlaps vl_rewardbench": 2}}
     assert rlaif["exact_dedup"]["dropped"] == {"exact duplicate": 1}
@@ -235,10 +235,10 @@ def test_bad_config_lists_every_problem(tmp_path):
 
 
 def tree_digest(out: Path) -> dict[str, str]:
-    """sha256 of every file the job leaves but run_meta.json (it records run-only settings such as num_proc); in
-    stages.yaml the output_dir is replaced first."""
+    """sha256 of every file the job leaves but run_meta.json and run_config.json (they record the settings, run-only
+    ones such as num_proc and output_dir included); in stages.yaml/json the output_dir is replaced first."""
     digest = {}
-    for p in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "run_meta.json"):
+    for p in sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("run_meta.json", "run_config.json")):
         data = p.read_bytes()
         if p.name in ("stages.yaml", "stages.json"):
             data = data.replace(str(out).encode(), b"<out>")

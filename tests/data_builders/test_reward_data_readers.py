@@ -24,7 +24,8 @@ def read(fmt, path, image_root=None, **options):
         try:
             check_row_parsed(row, index)
             for k, rec in enumerate(convert(row, f"#{index}", options)):
-                records.append(validate_preference_record({**rec, "id": f"{index}-{k}"}, index=index))
+                valid = validate_preference_record({**rec, "id": f"{index}-{k}", "meta": None}, index=index)
+                records.append({**valid, "meta": rec["meta"]})
         except RecordError as e:
             reasons[e.reason] += 1
     return records, reasons
@@ -37,7 +38,7 @@ def texts(rec):
 def test_rlaif_v_parquet_with_embedded_images():
     records, reasons = read("rlaif_v", "rlaif_v.parquet")
     assert reasons == {"question: expected a non-empty question string, got ''": 1,
-                       "images: cannot open image bytes": 1}  # fmt: skip
+                       "images: cannot decode image": 1}  # fmt: skip
     assert len(records) == 8
     assert texts(records[0]) == ("How many stripes are there?", "There are four stripes.", "There are two stripes.")
     assert records[0]["prompt"][0]["content"][0] == {"type": "image", "text": None}
