@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from common.cli import parse_configs
 from common.io import read_records
+from common.run_folder import RunFolderError
 from common.schema import message_text
 from data_builders.reward_data.config import BenchmarkSpec, RewardDataConfig, SourceSpec, StageSpec
 from data_builders.reward_data.decontam import BenchmarkIndex
@@ -148,6 +149,8 @@ def test_job_on_the_tiny_config_counts_every_step_and_removes_only_planted_items
     assert report["dedup_index"]["pairs"] == 18 and report["dedup_index"]["bytes_per_pair"] > 0
     assert all((out / f"hist_{h}.png").stat().st_size > 0 for h in ("prompt_words", "image_width"))
     assert "| decontaminate | 7 | 5 | overlaps vl_rewardbench: 2 |" in (out / "report.md").read_text()
+    with pytest.raises(RunFolderError, match="config field seed: 0 -> 1"):  # another mix into the same folder
+        build_reward_data(tiny_config(out, "--seed", "1"))
     assert yaml.safe_load((out / "stages.yaml").read_text())["stages"][0] == {
         "name": "multimodal", "datasets": {str(paths["multimodal"]): 1.0}}  # fmt: skip
 
