@@ -48,7 +48,7 @@ def test_configs_are_found():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_shipped_yaml_parses_with_its_launch_command(path, monkeypatch):
+def test_shipped_yaml_parses_with_its_launch_command(path, monkeypatch, tiny_vlm_path, toy_data):
     monkeypatch.chdir(REPO)  # the commands use paths relative to the repository root
     words = launch_command(path)
     scripts = [i for i, w in enumerate(words) if w.startswith("recipes/") and w.endswith(".py")]
@@ -61,7 +61,10 @@ def test_shipped_yaml_parses_with_its_launch_command(path, monkeypatch):
     classes = recipe_config_classes(recipe)
     fields = {f.name for cls in classes for f in dataclasses.fields(cls)}
     assert set(yaml.safe_load(path.read_text())) <= fields  # every YAML key is an option of the recipe
-    overrides = [w for name, value in CPU_OVERRIDES.items() if name in fields for w in (f"--{name}", value)]
+    # validate() checks that model and data paths exist: the command's outputs/... are replaced by local fixtures
+    local = {**CPU_OVERRIDES, "model_name_or_path": tiny_vlm_path, "policy_name_or_path": tiny_vlm_path,
+             "reward_model_name_or_path": tiny_vlm_path, "train_data": toy_data["pairs_train"]}  # fmt: skip
+    overrides = [w for name, value in local.items() if name in fields for w in (f"--{name}", str(value))]
     configs = parse_configs(classes, args + overrides)
     CHECKS.get(recipe.name, lambda _: None)(configs)
 
