@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from common.io import write_text_atomic
+from common.tracking import wandb_run
 from data_builders.report import _histogram
 
 HISTOGRAMS = {"prompt_words": "prompt length (words)", "response_words": "response length (words)",
@@ -81,7 +82,6 @@ def log_to_wandb(report: Mapping[str, Any], total: Mapping[str, Any], out_dir: P
     """Log the per-step counts, overlaps, stage sizes and histograms to a wandb run."""
     import wandb
 
-    run = wandb.init(project=project, name=name, config=dict(config), dir=str(out_dir))
     flat: dict[str, Any] = {"rows": report["rows"], "cleaned_pairs": report["cleaned_pairs"]}
     for source, steps in report["sources"].items():
         flat.update({f"{source}/{step}/out": st["out"] for step, st in steps.items()})
@@ -91,6 +91,6 @@ def log_to_wandb(report: Mapping[str, Any], total: Mapping[str, Any], out_dir: P
         if total["hist"][hist]:
             flat[f"hist/{hist}"] = wandb.Histogram(total["hist"][hist])
         flat[f"plots/{hist}"] = wandb.Image(str(out_dir / f"hist_{hist}.png"))
-    run.log(flat)
-    run.summary.update({k: v for k, v in flat.items() if isinstance(v, int | float)})
-    run.finish()
+    with wandb_run(name, config, out_dir, project=project) as run:
+        run.log(flat)
+        run.summary.update({k: v for k, v in flat.items() if isinstance(v, int | float)})
