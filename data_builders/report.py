@@ -109,11 +109,17 @@ def write_report(
 ) -> dict:
     """Write `report.json`, `report.md` and `hist_{reward,gap,length}.png` into `out_dir`; return the report."""
     report = build_report(stats, read_skips, prompts_read, meta)
-    for name, title in HISTOGRAMS.items():
-        _histogram(stats[name], title, out_dir / f"hist_{name}.png")
-    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
-    write_text_atomic(out_dir / "report.md", _markdown(report))
+    write_report_files(out_dir, report, _markdown(report), {n: (stats[n], title) for n, title in HISTOGRAMS.items()})
     return report
+
+
+def write_report_files(out_dir: Path, report: Mapping[str, Any], markdown: str,
+                       histograms: Mapping[str, tuple[list[float], str]]) -> None:  # fmt: skip
+    """`hist_<name>.png` for each `name: (values, title)`, then `report.json` and `report.md` (atomic writes)."""
+    for name, (values, title) in histograms.items():
+        _histogram(values, title, out_dir / f"hist_{name}.png")
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
+    write_text_atomic(out_dir / "report.md", markdown)
 
 
 def log_to_wandb(report: Mapping[str, Any], stats: Mapping[str, Any], out_dir: Path, project: str, name: str,

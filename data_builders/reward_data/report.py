@@ -3,14 +3,12 @@ histograms of lengths and image sizes (PNG), as JSON and markdown, and to wandb 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from common.io import write_text_atomic
 from common.tracking import wandb_run
-from data_builders.report import _histogram
+from data_builders.report import write_report_files
 
 HISTOGRAMS = {"prompt_words": "prompt length (words)", "response_words": "response length (words)",
               "image_width": "image width (px)", "image_height": "image height (px)"}  # fmt: skip
@@ -70,10 +68,8 @@ def _markdown(report: Mapping[str, Any]) -> str:
 def write_report(out_dir: Path, total: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
     """Write `report.json`, `report.md` and `hist_*.png` into `out_dir`; return the report."""
     report = build_report(total, meta)
-    for name, title in HISTOGRAMS.items():
-        _histogram(total["hist"][name], title, out_dir / f"hist_{name}.png")
-    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
-    write_text_atomic(out_dir / "report.md", _markdown(report))
+    hists = {name: (total["hist"][name], title) for name, title in HISTOGRAMS.items()}
+    write_report_files(out_dir, report, _markdown(report), hists)
     return report
 
 
