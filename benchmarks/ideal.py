@@ -49,14 +49,17 @@ class Shape:
 
     @property
     def vision_params(self) -> int:
-        """ViT blocks, patch embedding and the merger (projector into the LM width)."""
-        block = 4 * self.v_hidden**2 + 3 * self.v_hidden * self.v_ffn
-        merger = (4 * self.v_hidden) ** 2 + 4 * self.v_hidden * self.hidden
+        """ViT blocks, patch embedding and the merger (projector into the LM width), biases and norms included."""
+        block = 4 * self.v_hidden**2 + 3 * self.v_hidden * self.v_ffn + 7 * self.v_hidden + 2 * self.v_ffn
+        merger = (4 * self.v_hidden) ** 2 + 4 * self.v_hidden * self.hidden + 5 * self.v_hidden + self.hidden
         return self.v_layers * block + 3 * 2 * 14 * 14 * self.v_hidden + merger
 
     @property
     def params(self) -> int:
-        return self.layers * self.lm_layer_params + 2 * self.vocab * self.hidden + self.vision_params
+        """All parameters: LM layers (with q/k/v biases and two norms each), final norm, embeddings, LM head, vision."""
+        kv = self.hidden // self.heads * self.kv_heads
+        lm = self.layers * (self.lm_layer_params + 3 * self.hidden + 2 * kv) + self.hidden
+        return lm + 2 * self.vocab * self.hidden + self.vision_params
 
     # forward FLOPs
     def lm(self, new: int, past: int = 0) -> float:
