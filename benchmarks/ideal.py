@@ -148,14 +148,14 @@ def activation_bytes(shape: Shape, rows: int, tokens: int, image_tokens: int, by
 
 def mpo_memory_ideal(shape: Shape, pairs: int, image_tokens: int, prompt_tokens: int, response_tokens: float,
                      bytes_per: int, checkpointing: bool, trainable: int | None = None,
-                     vision_trained: bool = True) -> dict:  # fmt: skip
-    """Peak memory of a full fine-tune, ours / TRL: model states (weights; gradients and two AdamW moments of the
-    `trainable` parameters, same dtype as the weights; TRL also holds the reference weights) plus activations (TRL:
-    2 rows per pair; ours: 1 packed row per pair)."""
+                     vision_trained: bool = True, reference_copy: bool = True) -> dict:  # fmt: skip
+    """Peak memory, ours / TRL: model states (weights; gradients and two AdamW moments of the `trainable` parameters,
+    same dtype as the weights; TRL also holds the reference weights unless `reference_copy` is off, as with LoRA,
+    where its reference is the policy without adapters) plus activations (TRL: 2 rows per pair; ours: 1 packed row)."""
     r = round(response_tokens)
     trainable = shape.params if trainable is None else trainable
     states = bytes_per * (shape.params + 3 * trainable)
-    trl = states + bytes_per * shape.params + activation_bytes(shape, 2 * pairs, prompt_tokens + r, image_tokens,
+    trl = states + reference_copy * bytes_per * shape.params + activation_bytes(shape, 2 * pairs, prompt_tokens + r, image_tokens,
                                                                 bytes_per, checkpointing, vision_trained)  # fmt: skip
     ours = states + activation_bytes(shape, pairs, prompt_tokens + 2 * r, image_tokens, bytes_per, checkpointing,
                                      vision_trained)  # fmt: skip

@@ -107,9 +107,7 @@ def mpo_figures(r: dict) -> list[Figure]:
     mode = ours.get("mode", "full fine-tune, vision tower trained")
     step = mpo_step_flops(shape, itok, ptok, rtok, ckpt, "vision tower trained" in mode, mode.startswith("full"))
     mem = mpo_memory_ideal(shape, r.get("batch_size", 4), itok, ptok, rtok, 2 if gpu else 4, ckpt,
-                           ours.get("trainable_params"), "vision tower trained" in mode)  # fmt: skip
-    if not mode.startswith("full"):  # LoRA: no reference copy on either side, states differ
-        mem = {"ideal_memory_ratio": None}
+                           ours.get("trainable_params"), "vision tower trained" in mode, mode.startswith("full"))  # fmt: skip
     return [
         Figure("mpo", "step: ours vs TRL DPOTrainer, same losses (step time)", desc, f"{trl['step_s']:.3f} s",
                f"{ours['step_s']:.3f} s", trl["step_s"] / ours["step_s"], step["ideal_speedup"], "wall"),
