@@ -107,7 +107,12 @@ print(json.dumps({{"vllm_cand_per_s": {k} / min(times)}}))
 """
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=bench_env(), timeout=300)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=bench_env(), timeout=300
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "detail": "timed out after 300 s"}
     if proc.returncode != 0:
         return {"status": "failed", "detail": proc.stderr[-1500:]}
     return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
