@@ -176,7 +176,8 @@ def main() -> None:
 
     runs = [
         ("scoring", "benchmarks/bench_scoring.py", "--output", scoring_figures,
-         ["--preset", a.preset, "--model", str(model_dir), *common, "--ks", str(a.k), "--groups", str(a.groups), "--repeats", "2",
+         # built in place from the preset: a plain VLM folder has no value head, which scoring refuses to load
+         ["--preset", a.preset, *common, "--ks", str(a.k), "--groups", str(a.groups), "--repeats", "2",
           "--batch_size", str(a.k)]),
         ("sampling", "benchmarks/bench_sampling.py", "--out", sampling_figures,
          ["--preset", a.preset, "--model", str(model_dir), *common, "--ks", str(a.k), "--repeats", "2",
