@@ -6,7 +6,8 @@
 No network: the model is a random-weight Qwen2.5-VL of `TinyVLMSpec.preset(--preset)` (7b: the real architecture and
 vocabulary), built on the device in bf16 and saved once under `--output_dir/model` (deleted at the end), then:
 
-1. reward scoring, K candidates per group: group-aware vs naive (`bench_scoring.py`), candidates/s;
+1. reward scoring, K candidates per group: group-aware vs naive (`bench_scoring.py`, reward model built in place
+   from the preset), candidates/s;
 2. sampling K: shared prefill vs `generate(num_return_sequences)` (`bench_sampling.py`), and vLLM if installed;
 3. the MPO step: ours vs TRL `DPOTrainer` with the same loss list (`bench_mpo.py`), with gradient checkpointing and
    the vision tower frozen; a full fine-tune of the LM + projector when TRL's policy, reference and AdamW states fit
