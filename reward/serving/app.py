@@ -55,7 +55,9 @@ class ServeConfig:
     group_merging: bool = field(
         default=True, metadata={"help": "Score items sharing prompt and images (across requests) as one group."}
     )
-    served_model_name: str | None = field(default=None, metadata={"help": "Name reported in responses (default: path)."})
+    served_model_name: str | None = field(
+        default=None, metadata={"help": "Name reported in responses (default: path)."}
+    )
     graceful_shutdown_s: float = field(default=60.0, metadata={"help": "On SIGTERM, wait this long for requests."})
 
     def __post_init__(self):
@@ -90,7 +92,9 @@ class ServeConfig:
 class _Metrics:
     def __init__(self):
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("reward_requests", "Requests by endpoint and status.", ["endpoint", "status"], registry=r)
+        self.requests = Counter(
+            "reward_requests", "Requests by endpoint and status.", ["endpoint", "status"], registry=r
+        )
         self.items = Counter("reward_items", "Items (responses) scored.", registry=r)
         self.errors = Counter("reward_errors", "Errors by type.", ["type"], registry=r)
         self.latency = Histogram("reward_request_seconds", "Request latency.", ["endpoint"], registry=r,
