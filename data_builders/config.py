@@ -28,6 +28,10 @@ class BuildPairsConfig:
     reward_model_name_or_path: str = field(
         default=None, metadata={"help": "Reward model folder (ours or Skywork-VL-Reward format) that scores them."}
     )
+    reward_url: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reward server URL(s) (recipes/serve_reward.py) to score with instead of loading the model."},
+    )
     # > sampling
     backend: str = field(default="hf", metadata={"help": "Sampling backend: 'hf' (transformers) or 'vllm' (GPU)."})
     num_samples: int = field(default=8, metadata={"help": "Candidates K sampled per prompt."})
@@ -73,9 +77,11 @@ class BuildPairsConfig:
     def validate(self) -> None:
         """Check every field at once; raise one ValueError listing all problems and their fixes."""
         problems = []
-        for name in ("prompts", "policy_name_or_path", "reward_model_name_or_path", "output_dir"):
+        for name in ("prompts", "policy_name_or_path", "output_dir"):
             if not getattr(self, name):
                 problems.append(f"{name} is required (--{name} ...)")
+        if not self.reward_model_name_or_path and not self.reward_url:
+            problems.append("reward_model_name_or_path (or reward_url) is required (--reward_model_name_or_path ...)")
         choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"),
                    "report_to": ("none", "wandb"), "dtype": ("float32", "bfloat16", "float16")}  # fmt: skip
         for name, allowed in choices.items():
