@@ -31,7 +31,15 @@ setup(
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20", "httpx>=0.27"],  # reward server
         "vllm": ["vllm>=0.11"],  # GPU-only sampling backend; never needed on CPU
         # the serving tests run in CI, so dev carries the serve extra
-        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "ninja>=1.11",
-                "fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20", "httpx>=0.27"],  # fmt: skip
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "ninja>=1.11",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "prometheus_client>=0.20",
+            "httpx>=0.27",
+        ],
     },
 )
