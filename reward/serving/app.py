@@ -52,6 +52,9 @@ class ServeConfig:
     max_batch_items: int = field(default=32, metadata={"help": "Most responses in one model call."})
     max_batch_tokens: int = field(default=65536, metadata={"help": "Most tokens in one model call."})
     max_wait_ms: float = field(default=5.0, metadata={"help": "How long a batch waits to fill after its first item."})
+    max_queue_items: int = field(
+        default=4096, metadata={"help": "Items waiting for the model beyond which requests get 503 (retry later)."}
+    )
     group_merging: bool = field(
         default=True, metadata={"help": "Score items sharing prompt and images (across requests) as one group."}
     )
@@ -66,7 +69,8 @@ class ServeConfig:
     def validate(self) -> None:
         problems = []
         for name in ("max_request_mb", "max_items_per_request", "max_images_per_item", "max_image_mb",
-                     "max_image_pixels", "max_item_tokens", "max_batch_items", "max_batch_tokens"):  # fmt: skip
+                     "max_image_pixels", "max_item_tokens", "max_batch_items", "max_batch_tokens",
+                     "max_queue_items"):  # fmt: skip
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)}: must be > 0")
         if self.max_wait_ms < 0:
@@ -166,12 +170,19 @@ def create_app(scorer, cfg: ServeConfig, model_info: dict | None = None) -> Fast
             body = await _read_json(request, limit)
             parsed = await run_in_threadpool(parse, body)
             units = parsed[0] if isinstance(parsed, tuple) else parsed
+            if batcher.depth() + len(units) > cfg.max_queue_items:
+                raise RequestError(503, "overloaded", f"{batcher.depth()} items queued; retry later")
             scores = await asyncio.gather(*batcher.submit(units))
             response = JSONResponse(respond(scores, parsed))
         except RequestError as e:
             status = e.status
             metrics.errors.labels(e.kind).inc()
             response = JSONResponse(e.to_json(), status_code=e.status)
+        except Exception as e:  # a bug, not the client's fault: still our error format, and counted
+            status = 500
+            metrics.errors.labels("internal_error").inc()
+            error = RequestError(500, "internal_error", f"{type(e).__name__}: {e}")
+            response = JSONResponse(error.to_json(), status_code=500)
         finally:
             metrics.in_flight.dec()
         metrics.requests.labels(endpoint, str(status)).inc()

@@ -80,3 +80,24 @@ def test_openrlhf_queries_parse_back_to_the_same_chat(tiny_vlm_path, n_images):
         assert processor.apply_chat_template(messages + [full[-1]], tokenize=False) == text
     with pytest.raises(RequestError, match="end with the assistant"):
         parse_qwen_chat(processor.apply_chat_template(prompt, tokenize=False), "query[0]")
+
+
+def test_app_in_process_overload_and_internal_errors(tiny_vlm_path):
+    """The app on a stub scorer: a full queue answers 503 (the client retries), a bug answers 500 in our format."""
+    from fastapi.testclient import TestClient
+
+    from common.processor import load_processor
+    from reward.serving.app import ServeConfig, create_app
+
+    scorer = _LengthScorer()
+    scorer.processor = load_processor(str(tiny_vlm_path))
+    items = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": r}]} for r in "ab"]
+    with TestClient(create_app(scorer, ServeConfig(max_queue_items=2))) as client:
+        assert client.post("/v1/score", json={"items": items}).json()["scores"] == [201, 201]
+    with TestClient(create_app(scorer, ServeConfig(max_queue_items=1))) as client:
+        r = client.post("/v1/score", json={"items": items})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded"
+        scorer.processor.apply_chat_template = lambda *a, **k: 1 / 0  # a bug inside request parsing
+        r = client.post("/v1/score", json={"items": items[:1]})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
+        assert client.get("/health").json() == {"status": "ok"}
