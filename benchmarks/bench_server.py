@@ -13,7 +13,9 @@ request latency and errors. Loads:
 * `grpo`: K completions of one image prompt sent as K separate requests at once (a GRPO step); the clients work on
   `clients // K` prompts at a time; server with batching on and group merging off vs on.
 
-Ratios are taken between scenarios of the same run. On a shared machine the absolute figures are noisy.
+A last line scores the same items with the scorer in the benchmark process (no server): one per call, 16 per call
+and in groups of K, the ceiling that batching and merging can reach on this machine. Ratios are taken between
+scenarios of the same run. On a shared machine the absolute figures are noisy.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw
 
-from reward.serving.images import to_data_uri
+from common.scoring import ScoringGroup
+from reward.scorer import RewardScorer
+from reward.serving.images import ImagePolicy, load_request_image, to_data_uri
 from reward.serving.process import server_process
 
 WORDS = "the a red blue green circle square triangle left right top bottom is are two three shape image shows".split()
@@ -103,6 +107,24 @@ def scenario(model: str, flags: list[str], bodies: list[list[bytes]], args) -> d
     return {**result, "flags": " ".join(flags), "mean_items_per_call": n / max(calls, 1)}
 
 
+def model_alone(model: str, prompts: list, batch: int, k: int, args) -> dict:
+    """The scorer in this process, no server: items/s one at a time, `batch` per call, and K-groups (the ceiling
+    batching and merging can reach on this machine)."""
+    scorer = RewardScorer.from_pretrained(model, device=args.device, dtype=args.dtype, progress=False, batch_size=batch)
+    singles = [ScoringGroup(pr, [load_request_image(im, ImagePolicy())], rs[:1]) for pr, im, rs in prompts[:batch]]
+    grouped = [ScoringGroup(g.prompt, g.images, rs) for g, (_, _, rs) in zip(singles, prompts)][: max(1, batch // k)]
+    scorer.score_groups(singles[:2])  # warm-up
+
+    def rate(calls: list[list[ScoringGroup]]) -> float:
+        start = time.perf_counter()
+        for groups in calls:
+            scorer.score_groups(groups)
+        return sum(len(g.responses) for groups in calls for g in groups) / (time.perf_counter() - start)
+
+    return {"one_per_call": rate([[g] for g in singles]), f"{batch}_per_call": rate([singles]),
+            f"groups_of_{k}": rate([grouped])}  # fmt: skip
+
+
 def make_model(preset: str, out: Path) -> str:
     from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm
     from reward.model import load_reward_model, save_reward_model
@@ -139,6 +161,7 @@ def main() -> None:
             f"grpo K={args.k}, merging off": scenario(model, on + ["--group_merging", "false"], grpo, args),
             f"grpo K={args.k}, merging on": scenario(model, on, grpo, args),
         }
+        alone = model_alone(model, prompts, args.max_batch_items // 2, args.k, args)
     names = list(results)
     ratios = {
         "batching": results[names[1]]["items_per_s"] / results[names[0]]["items_per_s"],
@@ -151,13 +174,16 @@ def main() -> None:
                     f"| {r['errors']} | {r['mean_items_per_call']:.1f} |")  # fmt: skip
     rows.append(f"\nbatching speed-up {ratios['batching']:.2f}x (target >= 2x); group merging speed-up at "
                 f"K={args.k} {ratios['group_merging']:.2f}x (target >= 3x)")  # fmt: skip
+    rows.append("model alone, no server (items/s): " + ", ".join(f"{k} {v:.1f}" for k, v in alone.items()))
     table = "\n".join(rows)
     print(table)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
             "processor": platform.processor(), "args": vars(args)}  # fmt: skip
-    out.write_text(json.dumps({**meta, "results": results, "ratios": ratios, "table": table}, indent=2))
+    out.write_text(
+        json.dumps({**meta, "results": results, "ratios": ratios, "model_alone": alone, "table": table}, indent=2)
+    )
     print(out)
 
 

@@ -4,6 +4,10 @@ by `VLRewardFunc`, verl's `compute_score`, OpenRLHF's remote reward request, the
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+
 import datasets
 import httpx
 import pytest
@@ -29,7 +33,7 @@ def local(tiny_reward_path):
 
 @pytest.fixture(scope="module")
 def url(tiny_reward_path):
-    with server_process(tiny_reward_path, "--device", "cpu", "--max_wait_ms", "20") as (_, base):
+    with server_process(tiny_reward_path, "--device", "cpu", "--max_wait_ms", "20", "--allow_urls") as (_, base):
         yield base
 
 
@@ -74,6 +78,26 @@ def test_verl_compute_score(url, local, monkeypatch):
     assert verl.compute_score("toy", group.responses[0], None, extra_info=extra) == pytest.approx(want[0], abs=TOL)
     with pytest.raises(ValueError, match="extra_info\\['prompt'\\]"):
         verl.compute_score("toy", "x", None, {"reward_url": url})
+
+
+def test_image_urls_when_allowed(url, local, tmp_path):
+    """With --allow_urls the server fetches http(s) images (here from a loopback file server)."""
+    group = _group(3, "count", 1)
+    group.images[0].save(tmp_path / "img.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{files.server_address[1]}"
+        items = [{"messages": group.prompt + [assistant_message(group.responses[0])], "images": [f"{base}/{name}"]}
+                 for name in ("img.png", "missing.png")]  # fmt: skip
+        r = httpx.post(url + "/v1/score", json={"items": items[:1]}, timeout=60)
+        assert r.json()["scores"] == pytest.approx(local.score_groups([group])[0], abs=TOL)
+        r = httpx.post(url + "/v1/score", json={"items": items}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["item"] == "items[1].images[0]"
+        assert r.json()["error"]["type"] == "image_fetch_failed"
+    finally:
+        files.shutdown()
 
 
 def test_client_splits_across_replicas_and_retries_a_dead_one(url, local):
