@@ -121,8 +121,12 @@ def model_alone(model: str, prompts: list, batch: int, k: int, args) -> dict:
             scorer.score_groups(groups)
         return sum(len(g.responses) for groups in calls for g in groups) / (time.perf_counter() - start)
 
-    return {"one_per_call": rate([[g] for g in singles]), f"{batch}_per_call": rate([singles]),
-            f"groups_of_{k}": rate([grouped])}  # fmt: skip
+    shapes = {"one_per_call": [[g] for g in singles], f"{batch}_per_call": [singles], f"groups_of_{k}": [grouped]}
+    best = dict.fromkeys(shapes, 0.0)
+    for _ in range(3):  # alternating, best of three: outside load hits every shape alike
+        for name, calls in shapes.items():
+            best[name] = max(best[name], rate(calls))
+    return best
 
 
 def make_model(preset: str, out: Path) -> str:

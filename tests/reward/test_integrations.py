@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from common.distributed import free_port
+from common.processor import load_processor
 from common.scoring import ScoringGroup
 from common.toy_task import make_example
 from reward.client import RewardClient, RewardServerError
@@ -155,7 +156,8 @@ def _grpo(tiny_vlm_path, toy_data, reward, out_dir):
     args = GRPOConfig(output_dir=str(out_dir), use_cpu=True, per_device_train_batch_size=2, num_generations=2,
                       max_completion_length=4, max_steps=2, logging_steps=1, report_to="none", save_strategy="no",
                       seed=0)  # fmt: skip
-    trainer = GRPOTrainer(model=str(tiny_vlm_path), reward_funcs=[reward], args=args, train_dataset=ds)
+    trainer = GRPOTrainer(model=str(tiny_vlm_path), reward_funcs=[reward], args=args, train_dataset=ds,
+                          processing_class=load_processor(str(tiny_vlm_path)))  # fmt: skip
     trainer.train()
     return trainer
 
