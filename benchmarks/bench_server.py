@@ -134,7 +134,7 @@ def make_model(preset: str, out: Path) -> str:
     from reward.model import load_reward_model, save_reward_model
 
     base = save_tiny_vlm(out / "vlm", TinyVLMSpec.preset(preset))
-    return str(save_reward_model(*load_reward_model(base), out / "reward"))
+    return str(save_reward_model(*load_reward_model(base, new_head_ok=True), out / "reward"))
 
 
 def main() -> None:

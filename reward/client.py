@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
+from common.images import load_image
 from common.scoring import ScoringGroup
-from reward.scorer import load_image
 from reward.serving.images import to_data_uri
 
 

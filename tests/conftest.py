@@ -26,7 +26,7 @@ def tiny_reward_path(tiny_vlm_path, tmp_path_factory):
     """The tiny VLM with a freshly initialised (seeded) value head, saved in the reward checkpoint format."""
     from reward.model import load_reward_model, save_reward_model
 
-    model, processor = load_reward_model(tiny_vlm_path)
+    model, processor = load_reward_model(tiny_vlm_path, new_head_ok=True)
     return save_reward_model(model, processor, tmp_path_factory.mktemp("models") / "tiny-reward")
 
 

@@ -2,9 +2,8 @@
 
 A reference is a base64 data URI (`data:image/png;base64,...`), a path (only with an image root, and only inside it)
 or an http(s) URL (only when URLs are allowed). Every limit is checked before the pixels are decoded: the encoded
-size, the decoded byte count, the header's width x height (no decompression bomb reaches `load()`), and the aspect
-ratio Qwen's resize accepts. This is the one place the server reads images; a shared safe loader can replace the
-body of `read_image_bytes` / `open_checked` without changing callers.
+size and the decoded byte count here, then `common.images.load_image` checks the header's width x height (no
+decompression bomb is decoded) and the aspect ratio Qwen's resize accepts. Each refusal carries its HTTP status.
 """
 
 from __future__ import annotations
@@ -12,13 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-MAX_ASPECT_RATIO = 200  # Qwen's smart_resize refuses more
+from common.images import BAD_ASPECT_RATIO, CANNOT_DECODE, TOO_MANY_PIXELS, ImageError, load_image
 
 
 class ImageRefused(ValueError):
@@ -94,27 +92,18 @@ def _fetch(url: str, policy: ImagePolicy) -> bytes:
     return bytes(data)
 
 
+_STATUS = {TOO_MANY_PIXELS: (413, "image_too_large"), CANNOT_DECODE: (400, "corrupt_image"),
+           BAD_ASPECT_RATIO: (400, "invalid_image")}  # fmt: skip
+
+
 def open_checked(data: bytes, policy: ImagePolicy) -> Image.Image:
-    """Decode `data` into an RGB image after checking its header's size against the limits."""
+    """Decode `data` into an RGB image with the common loader's checks (size on the header, before decoding)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            width, height = im.size
-            if width * height > policy.max_image_pixels:
-                raise ImageRefused(
-                    f"image of {width}x{height} pixels, more than {policy.max_image_pixels}", 413, "image_too_large"
-                )
-            if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-                raise ImageRefused(f"image of {width}x{height}: aspect ratio above {MAX_ASPECT_RATIO}")
-            im.load()
-            return im.convert("RGB")
-    except ImageRefused:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRefused(f"image refused as a decompression bomb: {e}", 413, "image_too_large") from None
-    except Exception as e:  # PIL raises many types on corrupt data
-        raise ImageRefused(f"cannot decode the image: {type(e).__name__}: {e}", kind="corrupt_image") from None
+        return load_image({"bytes": data}, max_image_pixels=policy.max_image_pixels)
+    except ImageError as e:
+        status, kind = _STATUS.get(e.problem, (400, "invalid_image"))
+        detail = e.detail.split("; set ")[0]  # the env-var hint is for offline jobs: the server's limit is a flag
+        raise ImageRefused(f"{e.problem} ({detail})", status, kind) from None
 
 
 def load_request_image(ref: str, policy: ImagePolicy) -> Image.Image:
