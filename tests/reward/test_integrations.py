@@ -117,20 +117,21 @@ def test_client_splits_across_replicas_and_retries_a_dead_one(url, local):
     assert e.value.status == 400 and e.value.item == "groups[0].images[0]"
 
 
-def test_build_pairs_with_reward_url_scores_like_the_local_model(url, local, toy_data, tmp_path):
+def test_build_pairs_with_reward_url_scores_like_the_local_model(url, local, toy_data, tiny_vlm_path, tiny_reward_path,
+                                                                 tmp_path):  # fmt: skip
     from data_builders.build import build_pairs
     from data_builders.config import BuildPairsConfig
     from tests.data_builders.conftest import ChoiceSampler
 
     def run(out, scorer=None, **kw):
-        cfg = BuildPairsConfig(prompts=str(toy_data["prompts_eval"]), policy_name_or_path="policy",
+        cfg = BuildPairsConfig(prompts=str(toy_data["prompts_eval"]), policy_name_or_path=str(tiny_vlm_path),
                                output_dir=str(tmp_path / out), num_samples=3, chunk_size=4, max_prompts=4,
                                device="cpu", progress=False, **kw)  # fmt: skip
         path = build_pairs(cfg, sampler=ChoiceSampler(), scorer=scorer)
         return [dict(r) for r in datasets.load_from_disk(str(path)).select_columns(["id", "chosen_score"])]
 
     remote = run("remote", reward_url=[url])
-    here = run("local", reward_model_name_or_path="local", scorer=local)
+    here = run("local", reward_model_name_or_path=str(tiny_reward_path), scorer=local)
     assert [r["id"] for r in remote] == [r["id"] for r in here] and remote
     assert [r["chosen_score"] for r in remote] == pytest.approx([r["chosen_score"] for r in here], abs=TOL)
 
