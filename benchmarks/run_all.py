@@ -169,7 +169,7 @@ REGISTRY = [
           "--out", mpo_figures),
     Bench("server", "benchmarks/bench_server.py", ["--seconds", "10", "--clients", "16"],
           ["--seconds", "2", "--clients", "8"], "--output", server_figures),
-    Bench("reward_data", "benchmarks/bench_reward_data.py", ["--sizes", "2000", "--filter", "off", "on"],
+    Bench("reward_data", "benchmarks/bench_reward_data.py", ["--sizes", "2000", "10000", "--filter", "off"],
           ["--sizes", "300", "--filter", "off"], "--output", reward_data_figures),
 ]  # fmt: skip
 
