@@ -219,7 +219,7 @@ def markdown(figures: list[Figure], meta: dict) -> str:
     for f in figures:
         ideal = f"{f.ideal:.2f}" if f.ideal else "—"
         of_ideal = f"{f.of_ideal:.0%}" if f.of_ideal else "—"
-        lines.append(f"| {f.benchmark} | {f.figure} | {f.shape} | {f.baseline} | {f.ours} | {f.ratio:.2f} | "
+        lines.append(f"| {f.benchmark} | {f.figure} | {f.shape} | {f.baseline} | {f.ours} | {f.ratio:.3g} | "
                      f"{ideal} | {of_ideal} | {f.clock} |")  # fmt: skip
     for name, status in meta["benchmarks"].items():
         if status["status"] != "ok":
