@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, and write one JSON and one markdown table of ratios.
 
-    python benchmarks/run_all.py                                  # CPU, ~10 min on 2 cores: outputs/bench_all/
+    python benchmarks/run_all.py                                  # CPU, ~6 min on 2 cores: outputs/bench_all/
     python benchmarks/run_all.py --quick --output_dir /tmp/bench  # tiny shapes, ~1 min (the test runs this)
 
 Each benchmark stays a script of its own: it runs here as a subprocess with a JSON output path, and its figures are
