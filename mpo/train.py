@@ -179,7 +179,7 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
 
     if trainer.is_world_process_zero():
         losses = [
-            {k: h[k] for k in ("step", "loss", "loss/dpo", "loss/bco", "loss/sft", "bco_delta") if k in h}
+            {k: h[k] for k in ("step", "loss", "loss/dpo", "loss/bco", "loss/sft", "bco_delta", "rewards/accuracies") if k in h}
             for h in trainer.state.log_history
             if "loss" in h
         ]

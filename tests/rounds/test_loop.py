@@ -1,0 +1,99 @@
+"""The loop end to end on the tiny model: a planted reward-hacking reward model trips the alarm and the best round is
+kept; a run SIGKILLed at a seeded random point of round 2 resumes without redoing round 1 and ends with the weights
+of an uninterrupted run."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from rounds.config import RoundsConfig
+from rounds.loop import run_rounds
+from tests.launch import REPO, cpu_env
+
+
+class LengthScorer:
+    """A planted reward model: reward = sign * characters / 10, whatever the answer says."""
+
+    def __init__(self, sign: float = 1.0):
+        self.sign = sign
+
+    def score_groups(self, groups):
+        return [[self.sign * len(r) / 10 for r in g.responses] for g in groups]
+
+
+def _weights(policy: str) -> dict:
+    return load_file(str(Path(policy) / "model.safetensors"))
+
+
+def test_planted_reward_hacking_trips_the_alarm_and_keeps_the_best_round(rounds_args, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = RoundsConfig(**{**rounds_args, "num_rounds": 3, "report_to": "wandb", "run_name": "hack"})
+    # The training reward model likes long answers; the held-out one (never trained on) likes short ones.
+    result = run_rounds(cfg, scorer=LengthScorer(1.0), heldout_scorer=LengthScorer(-1.0))
+    out = Path(cfg.output_dir)
+    stop = result["stopped"]
+    assert stop and stop["reason"] == "reward hacking"
+    r = stop["round"]
+    records = {k: json.loads((out / f"round-{k:02d}" / "round.json").read_text()) for k in range(r + 1)}
+    prev, cur = records[r - 1]["eval"], records[r]["eval"]
+    assert cur["reward_mean"] > prev["reward_mean"]  # the evidence: reward up, held-out reward model down
+    assert prev["heldout_reward_mean"] - cur["heldout_reward_mean"] > cfg.hacking_tolerance
+    assert stop["evidence"]["fell"]["heldout_reward_mean"] == [prev["heldout_reward_mean"], cur["heldout_reward_mean"]]
+    assert not (out / f"round-{r + 1:02d}").exists()  # the loop stopped there
+    heldout = {k: rec["eval"]["heldout_reward_mean"] for k, rec in records.items()}
+    assert result["best_round"] == max(heldout, key=heldout.get) < r
+    assert result["policy"] == records[result["best_round"]]["policy"]
+    assert "REWARD-HACKING ALARM" in (out / "rounds.log").read_text()
+    assert "reward-hacking alarm" in (out / "report.md").read_text()
+    assert all((out / f"rounds_{name}.png").stat().st_size > 0 for name in ("metrics", "pair_rewards", "mpo_losses"))
+    stage_runs, loop_runs = [list((d / "wandb").glob("offline-run-*/*.wandb")) for d in (tmp_path, out)]
+    assert len(stage_runs) == r and len(loop_runs) == 1  # one MPO run per round and the loop's, all in one group
+    assert all(b"hack-round-" in p.read_bytes() for p in stage_runs) and b"hack-rounds" in loop_runs[0].read_bytes()
+    assert all(b"\x12\x04hack" in p.read_bytes() or b"hack" in p.read_bytes() for p in stage_runs + loop_runs)
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_killed_in_round_2_resumes_without_redoing_round_1(rounds_args, tmp_path, seed):
+    args = {**rounds_args, "stop_on_hacking": False}  # a random policy: the alarm may fire on noise
+    clean = run_rounds(RoundsConfig(**{**args, "output_dir": str(tmp_path / "clean")}))
+    rng = random.Random(seed)
+    stage, delay = rng.choice(["prompts", "pairs", "mpo", "eval"]), rng.uniform(0.0, 1.0)
+    out = Path(args["output_dir"])
+    (tmp_path / "rounds.yaml").write_text(yaml.safe_dump(args))
+    cmd = [sys.executable, "recipes/mpo_rounds.py", "--config", str(tmp_path / "rounds.yaml")]
+    env = {**cpu_env(1), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    order = ["prompts", "pairs", "mpo", "eval"]
+    state = out / "round-02" / "state.json"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        seen = json.loads(state.read_text())["stage"] if state.exists() else None
+        if seen is not None and order.index(seen) >= order.index(stage):
+            time.sleep(delay)
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the kill point"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "result.json").exists()
+    round1 = (out / "round-01" / "round.json").stat().st_mtime_ns
+    log_before = (out / "rounds.log").read_text()
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    resumed = (out / "rounds.log").read_text()[len(log_before) :]
+    assert "round 1: already done" in resumed and "round 1: prompts: start" not in resumed
+    assert "round 1: mpo: start" not in resumed and (out / "round-01" / "round.json").stat().st_mtime_ns == round1
+    result = json.loads((out / "result.json").read_text())
+    assert result["rounds_done"] == clean["rounds_done"] == 2
+    final, ref = _weights(str(out / "round-02" / "mpo")), _weights(str(tmp_path / "clean" / "round-02" / "mpo"))
+    assert final.keys() == ref.keys()
+    assert max((final[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6
+    assert (out / "report.md").read_text().replace(str(out), "X") == (tmp_path / "clean" / "report.md").read_text().replace(str(tmp_path / "clean"), "X")  # fmt: skip
