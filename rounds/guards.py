@@ -24,10 +24,10 @@ def hacking_alarm(prev: Mapping, cur: Mapping, tolerance: float) -> dict | None:
     falls = {}
     for key in ("accuracy", "heldout_reward_mean"):
         if key in cur and key in prev and prev[key] - cur[key] > tolerance:
-            falls[key] = (prev[key], cur[key])
+            falls[key] = [prev[key], cur[key]]
     if not falls:
         return None
-    return {"reward_mean": (prev["reward_mean"], cur["reward_mean"]), "fell": falls, "tolerance": tolerance}
+    return {"reward_mean": [prev["reward_mean"], cur["reward_mean"]], "fell": falls, "tolerance": tolerance}
 
 
 def best_round(evals: Mapping[int, Mapping]) -> int:

@@ -31,9 +31,9 @@ def test_hacking_alarm():
     assert hacking_alarm(prev, {"reward_mean": 2.0, "accuracy": 0.46}, 0.05) is None  # within the tolerance
     assert hacking_alarm(prev, {"reward_mean": 0.9, "accuracy": 0.1}, 0.05) is None  # reward did not rise
     alarm = hacking_alarm(prev, {"reward_mean": 2.0, "accuracy": 0.4}, 0.05)
-    assert alarm["fell"] == {"accuracy": (0.5, 0.4)} and alarm["reward_mean"] == (1.0, 2.0)
+    assert alarm["fell"] == {"accuracy": [0.5, 0.4]} and alarm["reward_mean"] == [1.0, 2.0]
     held = hacking_alarm({"reward_mean": 1.0, "heldout_reward_mean": 0.0}, {"reward_mean": 1.5, "heldout_reward_mean": -1.0}, 0.05)  # fmt: skip
-    assert held["fell"] == {"heldout_reward_mean": (0.0, -1.0)}
+    assert held["fell"] == {"heldout_reward_mean": [0.0, -1.0]}
 
 
 def test_best_round_prefers_ground_truth_then_heldout_reward():

@@ -36,8 +36,11 @@ def _weights(policy: str) -> dict:
 
 def test_planted_reward_hacking_trips_the_alarm_and_keeps_the_best_round(rounds_args, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cfg = RoundsConfig(**{**rounds_args, "num_rounds": 3, "report_to": "wandb", "run_name": "hack"})
-    # The training reward model likes long answers; the held-out one (never trained on) likes short ones.
+    build = [*rounds_args["build_pairs_args"], "--num_samples", "4"]
+    cfg = RoundsConfig(**{**rounds_args, "num_rounds": 3, "build_pairs_args": build, "report_to": "wandb",
+                          "run_name": "hack", "mpo_args": ["--learning_rate", "2e-2", "--max_steps", "4"]})  # fmt: skip
+    # The training reward model likes long answers (in characters): the tiny policy learns to repeat its longest
+    # token. The held-out reward model (never trained on) likes short ones.
     result = run_rounds(cfg, scorer=LengthScorer(1.0), heldout_scorer=LengthScorer(-1.0))
     out = Path(cfg.output_dir)
     stop = result["stopped"]
@@ -57,8 +60,12 @@ def test_planted_reward_hacking_trips_the_alarm_and_keeps_the_best_round(rounds_
     assert all((out / f"rounds_{name}.png").stat().st_size > 0 for name in ("metrics", "pair_rewards", "mpo_losses"))
     stage_runs, loop_runs = [list((d / "wandb").glob("offline-run-*/*.wandb")) for d in (tmp_path, out)]
     assert len(stage_runs) == r and len(loop_runs) == 1  # one MPO run per round and the loop's, all in one group
-    assert all(b"hack-round-" in p.read_bytes() for p in stage_runs) and b"hack-rounds" in loop_runs[0].read_bytes()
-    assert all(b"\x12\x04hack" in p.read_bytes() or b"hack" in p.read_bytes() for p in stage_runs + loop_runs)
+    assert len(list(loop_runs[0].parent.glob("files/media/images/*.png"))) == 3  # the report's plots
+    for _ in range(100):  # wandb's service writes the offline file asynchronously
+        if all(b"hack" in p.read_bytes() for p in stage_runs + loop_runs):
+            break
+        time.sleep(0.1)
+    assert all(b"hack" in p.read_bytes() for p in stage_runs + loop_runs)  # the group name
 
 
 @pytest.mark.parametrize("seed", [0])
