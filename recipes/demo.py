@@ -46,6 +46,7 @@ class DemoConfig:
     rounds: int = field(default=3, metadata={"help": "Rounds of the iterative loop (recipes/mpo_rounds.py)."})
     prompts_per_round: int = field(default=128, metadata={"help": "Fresh training prompts sampled per round."})
     mpo_steps: int = field(default=40, metadata={"help": "MPO steps per round of the loop."})
+    selection: str = field(default="hybrid", metadata={"help": "Pair selection of the loop: 'hybrid' or 'reward'."})
 
 
 # One thread per process and deterministic kernels: the same figures whatever else runs on the machine.
@@ -70,7 +71,7 @@ def _rounds_config(root: Path, cfg: DemoConfig) -> Path:
     rounds = yaml.safe_load((REPO / "recipes/configs/mpo_rounds_tiny.yaml").read_text())
     steps = rounds["mpo_args"].index("--max_steps") + 1
     rounds["mpo_args"][steps] = str(cfg.mpo_steps)
-    rounds.update(num_rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round)
+    rounds.update(num_rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round, selection=cfg.selection)
     path = root / "mpo_rounds.yaml"
     path.write_text(yaml.safe_dump(rounds, sort_keys=False))
     return path
