@@ -230,6 +230,9 @@ class Rounds:
     def _pair_stats(self, build: Path, prompts: Path) -> dict:
         chunks = sorted((build / "chunks").glob("chunk-*.json"))
         total = merge_stats(json.loads(c.read_text()) for c in chunks)
+        if not total["pairs"]:  # (`datasets` cannot load an empty saved dataset)
+            return {"pairs": 0, "candidates": total["candidates"], "prompt_skips": total["prompt_skips"],
+                    "length_bias": length_bias(total.get("reward_length", []))}  # fmt: skip
         pairs = _without_images(datasets.load_from_disk(str(build / "pairs")))
         truth = {
             p["id"]: (p.get("answer"), p.get("choices")) for p in _without_images(datasets.load_from_disk(str(prompts)))
@@ -245,8 +248,7 @@ class Rounds:
         return {"pairs": len(pairs), "candidates": total["candidates"], "prompt_skips": total["prompt_skips"],
                 "length_bias": length_bias(total.get("reward_length", [])),
                 "chosen_correct": rate(judged["chosen"]), "rejected_correct": rate(judged["rejected"]),
-                "chosen_scores": list(pairs["chosen_score"]) if len(pairs) else [],
-                "rejected_scores": list(pairs["rejected_score"]) if len(pairs) else []}  # fmt: skip
+                "chosen_scores": list(pairs["chosen_score"]), "rejected_scores": list(pairs["rejected_score"])}  # fmt: skip
 
     def _round(self, r: int, pool: datasets.Dataset, eval_prompts: list[dict], prev: dict) -> dict:
         start, cfg = time.perf_counter(), self.cfg

@@ -21,9 +21,11 @@ seed: 0
 """
 
 
-@pytest.fixture
-def rounds_args(tiny_vlm_path, tiny_reward_path, toy_data, tmp_path):  # noqa: F811
-    """Flags of a 2-round loop on the tiny model: 4 prompts x 2 samples per round, 3 MPO steps, 8 held-out prompts."""
+@pytest.fixture(scope="module")
+def rounds_args(tiny_vlm_path, tiny_reward_path, toy_data, tmp_path_factory):  # noqa: F811
+    """Flags of a 2-round loop on the tiny model: 4 prompts x 2 samples per round, 3 MPO steps, 16 held-out prompts
+    (`output_dir`: a fresh folder to be replaced by each test)."""
+    tmp_path = tmp_path_factory.mktemp("rounds")
     mpo_yaml = tmp_path / "mpo.yaml"
     mpo_yaml.write_text(MPO_YAML)
     return {"policy_name_or_path": str(tiny_vlm_path), "reward_model_name_or_path": str(tiny_reward_path),

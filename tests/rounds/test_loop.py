@@ -38,7 +38,8 @@ def test_planted_reward_hacking_trips_the_alarm_and_keeps_the_best_round(rounds_
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     build = [*rounds_args["build_pairs_args"], "--num_samples", "4"]
     cfg = RoundsConfig(**{**rounds_args, "num_rounds": 3, "build_pairs_args": build, "report_to": "wandb",
-                          "run_name": "hack", "mpo_args": ["--learning_rate", "2e-2", "--max_steps", "4"]})  # fmt: skip
+                          "run_name": "hack", "mpo_args": ["--learning_rate", "2e-2", "--max_steps", "4"],
+                          "output_dir": str(tmp_path / "rounds")})  # fmt: skip
     # The training reward model likes long answers (in characters): the tiny policy learns to repeat its longest
     # token. The held-out reward model (never trained on) likes short ones.
     result = run_rounds(cfg, scorer=LengthScorer(1.0), heldout_scorer=LengthScorer(-1.0))
@@ -68,23 +69,44 @@ def test_planted_reward_hacking_trips_the_alarm_and_keeps_the_best_round(rounds_
     assert all(b"hack" in p.read_bytes() for p in stage_runs + loop_runs)  # the group name
 
 
-@pytest.mark.parametrize("seed", [0])
-def test_killed_in_round_2_resumes_without_redoing_round_1(rounds_args, tmp_path, seed):
+@pytest.fixture(scope="module")
+def clean_run(rounds_args, tmp_path_factory):
+    """The uninterrupted run the killed ones must match."""
     args = {**rounds_args, "stop_on_hacking": False}  # a random policy: the alarm may fire on noise
-    clean = run_rounds(RoundsConfig(**{**args, "output_dir": str(tmp_path / "clean")}))
+    out = tmp_path_factory.mktemp("clean") / "rounds"
+    return args, out, run_rounds(RoundsConfig(**{**args, "output_dir": str(out)}))
+
+
+MPO_RESUME_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="MPO resume without DeepSpeed drops the trained backbone (checkpoint key names; issue 9 item 1, fixed on "
+    "another branch): drop this mark once that fix is merged",
+)
+
+
+# Seed 1 kills in round 2's pair building; seed 5 inside its MPO stage, once a checkpoint is complete.
+@pytest.mark.parametrize("seed", [1, pytest.param(5, marks=MPO_RESUME_BUG)])
+def test_killed_in_round_2_resumes_without_redoing_round_1(clean_run, tmp_path, seed):
+    args, clean_out, clean = clean_run
     rng = random.Random(seed)
     stage, delay = rng.choice(["prompts", "pairs", "mpo", "eval"]), rng.uniform(0.0, 1.0)
-    out = Path(args["output_dir"])
+    out = tmp_path / "rounds"
+    args = {**args, "output_dir": str(out)}
     (tmp_path / "rounds.yaml").write_text(yaml.safe_dump(args))
     cmd = [sys.executable, "recipes/mpo_rounds.py", "--config", str(tmp_path / "rounds.yaml")]
     env = {**cpu_env(1), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     order = ["prompts", "pairs", "mpo", "eval"]
-    state = out / "round-02" / "state.json"
+    state, mpo = out / "round-02" / "state.json", out / "round-02" / "mpo"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         seen = json.loads(state.read_text())["stage"] if state.exists() else None
-        if seen is not None and order.index(seen) >= order.index(stage):
+        started = seen is not None and order.index(seen) >= order.index(stage)
+        if started and stage == "mpo" and seen == "mpo":  # inside MPO: once its first checkpoint is complete
+            if list(mpo.glob("checkpoint-*/trainer_state.json")):
+                time.sleep(delay / 4)
+                break
+        elif started:
             time.sleep(delay)
             break
         time.sleep(0.05)
@@ -92,15 +114,21 @@ def test_killed_in_round_2_resumes_without_redoing_round_1(rounds_args, tmp_path
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "result.json").exists()
+    killed_in = json.loads(state.read_text())["stage"]
+    markers = {"prompts": "prompts", "pairs": "build/run_meta.json", "mpo": "mpo/run_meta.json", "eval": "eval.json"}
+    finished = (out / "round-02" / markers[killed_in]).exists()  # killed after the stage's output, before the next
+    checkpoints = list(mpo.glob("checkpoint-*")) if killed_in == "mpo" and not finished else []
     round1 = (out / "round-01" / "round.json").stat().st_mtime_ns
     log_before = (out / "rounds.log").read_text()
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     resumed = (out / "rounds.log").read_text()[len(log_before) :]
     assert "round 1: already done" in resumed and "round 1: prompts: start" not in resumed
+    assert f"round 2: {killed_in}: {'already done' if finished else 'start'}" in resumed  # at the stage it was in
+    assert bool(checkpoints) == ("round 2: mpo: resuming from the last checkpoint" in resumed)
     assert "round 1: mpo: start" not in resumed and (out / "round-01" / "round.json").stat().st_mtime_ns == round1
     result = json.loads((out / "result.json").read_text())
     assert result["rounds_done"] == clean["rounds_done"] == 2
-    final, ref = _weights(str(out / "round-02" / "mpo")), _weights(str(tmp_path / "clean" / "round-02" / "mpo"))
+    final, ref = _weights(str(out / "round-02" / "mpo")), _weights(str(clean_out / "round-02" / "mpo"))
     assert final.keys() == ref.keys()
     assert max((final[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6
-    assert (out / "report.md").read_text().replace(str(out), "X") == (tmp_path / "clean" / "report.md").read_text().replace(str(tmp_path / "clean"), "X")  # fmt: skip
+    assert (out / "report.md").read_text().replace(str(out), "X") == (clean_out / "report.md").read_text().replace(str(clean_out), "X")  # fmt: skip
