@@ -17,7 +17,7 @@ Sampling needs only the prompt side (images + question, plus the ground truth wh
 Relative image paths resolve against `image_root` (default: the file's folder). A `<image>` tag in the question
 becomes an image placeholder at that place; images without tags go before the text. A bad record (missing
 question, unreadable image, duplicate id...) is skipped and counted in the `SkipLog` under `"<field>: <problem>"`,
-or raises a `RecordError` naming it with `on_error="raise"`.
+or raises a `RecordError` naming it with `on_bad_record="raise"`.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def read_prompts(
     fmt: str = "auto",
     image_root: str | None = None,
     skipped: SkipLog | None = None,
-    on_error: str = "skip",
+    on_bad_record: str = "skip",
     max_prompts: int | None = None,
 ) -> Dataset:
     """Read prompts of format `fmt` (see the module docstring) into validated prompt records.
@@ -138,15 +138,15 @@ def read_prompts(
         path: a .jsonl/.json, .parquet file or a `datasets` folder.
         fmt: one of `FORMATS`.
         image_root: folder that relative image paths resolve against (default: the file's folder).
-        skipped: counts of skipped records per reason (needed with `on_error="skip"`).
-        on_error: `"skip"` (count and go on) or `"raise"`.
+        skipped: counts of skipped records per reason (needed with `on_bad_record="skip"`).
+        on_bad_record: `"skip"` (count and go on) or `"raise"`.
         max_prompts: keep the first N valid prompts (None: all).
 
     Returns:
         A `Dataset` of prompt records, in file order, ids unique.
 
     Raises:
-        FileNotFoundError: `path` does not exist. ValueError: unknown `fmt`. RecordError: with `on_error="raise"`.
+        FileNotFoundError: `path` does not exist. ValueError: unknown `fmt`. RecordError: with `on_bad_record="raise"`.
     """
     path = Path(path)
     if fmt not in FORMATS:
@@ -157,8 +157,8 @@ def read_prompts(
     if fmt == "auto":
         fmt = detect_format(next(iter(iter_raw_rows(path)), {}))
     if fmt == "prompt":
-        ds = read_records(path, kind="prompt", on_error=on_error, skipped=skipped)
-        return _dedupe(ds, skipped, on_error, max_prompts)
+        ds = read_records(path, kind="prompt", on_bad_record=on_bad_record, skipped=skipped)
+        return _dedupe(ds, skipped, on_bad_record, max_prompts)
 
     def convert(row: Mapping, index: int, base_dir: str) -> dict:
         rec = CONVERTERS[fmt](row, record_ref(row, index))
@@ -166,17 +166,17 @@ def read_prompts(
         return validate_prompt_record(rec, index=index, base_dir=base_dir)
 
     records = validate_rows(
-        iter_raw_rows(path), convert, str(path), on_error, skipped, image_root or str(path.parent), max_prompts
+        iter_raw_rows(path), convert, str(path), on_bad_record, skipped, image_root or str(path.parent), max_prompts
     )
-    return _dedupe(records_to_dataset(records), skipped, on_error, max_prompts)
+    return _dedupe(records_to_dataset(records), skipped, on_bad_record, max_prompts)
 
 
-def _dedupe(ds: Dataset, skipped: SkipLog, on_error: str, max_prompts: int | None) -> Dataset:
+def _dedupe(ds: Dataset, skipped: SkipLog, on_bad_record: str, max_prompts: int | None) -> Dataset:
     """Drop records whose id was seen before (pair ids and resume bookkeeping rely on unique prompt ids)."""
     seen, keep = set(), []
     for i, rid in enumerate(ds["id"] if len(ds) else []):
         if rid in seen:
-            if on_error == "raise":
+            if on_bad_record == "raise":
                 raise RecordError(f"{rid!r} (#{i})", "id", "duplicate prompt id")
             skipped.add("id: duplicate prompt id", f"record {rid!r} (#{i}), field 'id': duplicate prompt id")
         else:

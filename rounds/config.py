@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 PROMPT_SCHEDULES = ("fresh", "same")
 REFERENCES = ("round_start", "initial")
 SELECTIONS = ("reward", "hybrid")
-
-# Fields that do not change what the loop computes: a rerun may change them and still resume.
-RUN_ONLY_FIELDS = ("output_dir", "launcher", "report_to", "wandb_project", "run_name", "progress")
 
 
 @dataclass
 class RoundsConfig:
     """N rounds of: sample K responses per prompt from the current policy, score them with the reward model, build
     pairs, run MPO from the current policy, evaluate on held-out prompts, check the guards."""
+
+    # Fields a rerun may change and still resume (`common.run_folder`); every other field, and the inputs' content,
+    # is the run's identity.
+    NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
+        "output_dir", "overwrite_output_dir", "launcher", "report_to", "wandb_project", "run_name", "device",
+        "eval_batch_size")  # fmt: skip
 
     # > inputs
     policy_name_or_path: str = field(default=None, metadata={"help": "The initial policy (round 1 starts from it)."})
@@ -86,6 +90,9 @@ class RoundsConfig:
     report_to: str = field(default="none", metadata={"help": "'none' or 'wandb' (one group for the whole run)."})
     wandb_project: str = field(default="vlrm-mpo", metadata={"help": "wandb project (with report_to=wandb)."})
     run_name: str | None = field(default=None, metadata={"help": "wandb group name (default: output_dir's name)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete an output_dir holding another run (or anything else) and start over."}
+    )
 
     def validate(self) -> None:
         """Check every field at once; raise one ValueError listing all problems."""
@@ -117,7 +124,3 @@ class RoundsConfig:
                 problems.append(f"{name}: {flag} is set by the loop per round; use the rounds config instead")
         if problems:
             raise ValueError("invalid RoundsConfig:\n  - " + "\n  - ".join(problems))
-
-    def content_fields(self) -> dict:
-        """The fields that decide the result (a resumed run must match them)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_FIELDS}

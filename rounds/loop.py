@@ -2,7 +2,7 @@
 
 Layout of `output_dir`::
 
-    identity.json          the config fields that decide the result + fingerprints of every input (a rerun must match)
+    run_config.json        the run's identity: config fields + input fingerprints (`common.run_folder`; a rerun must match)
     rounds.log             one line per stage started, finished or found done (what a resumed run skipped)
     round-00/round.json    the initial policy's held-out evaluation
     round-01/state.json    the stage in progress ('prompts', 'pairs', 'mpo', 'eval')
@@ -22,6 +22,7 @@ memory when it ends; the child dies with the loop (`PR_SET_PDEATHSIG`), so a kil
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import shlex
@@ -37,6 +38,7 @@ import torch
 from common.cli import parse_configs
 from common.distributed import free_port
 from common.io import SkipLog, write_records, write_text_atomic
+from common.run_folder import claim_output_dir
 from common.scoring import Scorer
 from data_builders.build import build_pairs
 from data_builders.config import BuildPairsConfig
@@ -44,7 +46,6 @@ from data_builders.pairing import correctness
 from data_builders.report import merge_stats
 from data_builders.sources import read_prompts
 from mpo.config import MPOConfig
-from mpo.ref_logps import hash_path
 from mpo.train import train_mpo
 from rounds.config import RoundsConfig
 from rounds.evaluation import evaluate_round
@@ -52,34 +53,9 @@ from rounds.guards import best_round, hacking_alarm, length_bias, mpo_health
 from rounds.report import PLOTS, write_report
 
 REPO = Path(__file__).resolve().parents[1]
+# What the result depends on besides the config's fields: fingerprinted by content (`common.run_folder`).
 INPUTS = ("policy_name_or_path", "reward_model_name_or_path", "heldout_reward_model_name_or_path", "prompts",
           "eval_prompts", "eval_pairs", "build_pairs_config", "mpo_config")  # fmt: skip
-
-
-def run_identity(cfg: RoundsConfig) -> dict:
-    """What decides the run's result: the content fields of the config and a fingerprint of every input."""
-    prints = {name: hash_path(getattr(cfg, name)) for name in INPUTS if getattr(cfg, name)}
-    return json.loads(json.dumps({"config": cfg.content_fields(), "inputs": prints}))
-
-
-def claim_output_dir(out: Path, identity: dict) -> None:
-    """Take `out` for this run, or check that the run already there has the same identity (then it resumes).
-
-    The one place the run-folder policy lives: switch it to `common.run_folder` when that lands.
-    """
-    path = out / "identity.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != identity:
-            changed = sorted({f"{part}.{k}" for part in identity for k in {**old.get(part, {}), **identity[part]}
-                              if old.get(part, {}).get(k) != identity[part].get(k)})  # fmt: skip
-            raise ValueError(f"output_dir {out} holds a rounds run with other settings or inputs ({', '.join(changed)}):"
-                             " choose another output_dir")  # fmt: skip
-        return
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"output_dir {out} is not empty and holds no rounds run: choose another output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(identity, indent=2, sort_keys=True))
 
 
 def _without_images(ds: datasets.Dataset) -> datasets.Dataset:
@@ -297,7 +273,9 @@ class Rounds:
         cfg = self.cfg
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
-        claim_output_dir(self.out, run_identity(cfg))
+        inputs = {name: _config_path(v) if name.endswith("_config") and v else v
+                  for name in INPUTS for v in [getattr(cfg, name)]}  # fmt: skip
+        claim_output_dir(self.out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
         self.log(f"rounds run in {self.out} ({cfg.num_rounds} rounds)")
         pool = read_prompts(cfg.prompts, skipped=SkipLog())
         eval_prompts = list(read_prompts(cfg.eval_prompts, skipped=SkipLog()))
@@ -338,7 +316,7 @@ class Rounds:
 
         cfg = self.cfg
         run = wandb.init(project=cfg.wandb_project, group=self.group, name=f"{self.group}-rounds", job_type="rounds",
-                         config=cfg.content_fields(), dir=str(self.out), reinit="finish_previous")  # fmt: skip
+                         config=dataclasses.asdict(cfg), dir=str(self.out), reinit="finish_previous")  # fmt: skip
         for r, rec in sorted(records.items()):
             scalars = {f"eval/{k}": v for k, v in rec["eval"].items() if isinstance(v, (int, float))}
             scalars.update({f"pairs/{k}": v for k, v in rec.get("stats", {}).items() if isinstance(v, (int, float))})

@@ -1,8 +1,6 @@
-"""Fixtures of the rounds tests: the tiny reward model (shared with the data_builders tests) and a tiny loop config."""
+"""Fixtures of the rounds tests: a tiny loop config."""
 
 import pytest
-
-from tests.data_builders.conftest import tiny_reward_path  # noqa: F401
 
 MPO_YAML = """use_cpu: true
 bf16: false
@@ -22,7 +20,7 @@ seed: 0
 
 
 @pytest.fixture(scope="module")
-def rounds_args(tiny_vlm_path, tiny_reward_path, toy_data, tmp_path_factory):  # noqa: F811
+def rounds_args(tiny_vlm_path, tiny_reward_path, toy_data, tmp_path_factory):
     """Flags of a 2-round loop on the tiny model: 4 prompts x 2 samples per round, 3 MPO steps, 16 held-out prompts
     (`output_dir`: a fresh folder to be replaced by each test)."""
     tmp_path = tmp_path_factory.mktemp("rounds")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from common.run_folder import RunFolderError
 from rounds.config import RoundsConfig
 from rounds.loop import run_rounds
 from tests.launch import REPO, cpu_env
@@ -132,3 +133,13 @@ def test_killed_in_round_2_resumes_without_redoing_round_1(clean_run, tmp_path, 
     assert final.keys() == ref.keys()
     assert max((final[k] - ref[k]).abs().max().item() for k in ref) <= 1e-6
     assert (out / "report.md").read_text().replace(str(out), "X") == (clean_out / "report.md").read_text().replace(str(clean_out), "X")  # fmt: skip
+
+
+def test_a_rerun_resumes_only_the_same_run(clean_run):
+    args, out, clean = clean_run
+    log_before = (out / "rounds.log").read_text()
+    assert run_rounds(RoundsConfig(**{**args, "output_dir": str(out)})) == json.loads(json.dumps(clean))
+    rerun = (out / "rounds.log").read_text()[len(log_before) :]
+    assert "round 1: already done" in rerun and "round 2: already done" in rerun and ": start" not in rerun
+    with pytest.raises(RunFolderError, match="config field hacking_tolerance: 0.05 -> 0.5"):
+        run_rounds(RoundsConfig(**{**args, "output_dir": str(out), "hacking_tolerance": 0.5}))
