@@ -16,7 +16,8 @@ Layout of `output_dir`::
 Each stage runs an existing job (`data_builders.build.build_pairs`, `mpo.train.train_mpo`) with the flags its recipe
 takes (`recipes/build_pairs.py`, `recipes/mpo_qwen.py`): in this process when `cfg.launcher` is empty (CPU, one
 GPU), else as that recipe under the launcher (e.g. `deepspeed --num_gpus 8`), so a stage gets every GPU and frees its
-memory when it ends; the child dies with the loop (`PR_SET_PDEATHSIG`), so a killed loop leaves no stage running.
+memory when it ends. The stage's process gets SIGKILL when the loop dies (`PR_SET_PDEATHSIG`); a launcher passes that
+on to its ranks only if it handles it (stop leftover ranks before rerunning after a kill).
 """
 
 from __future__ import annotations
