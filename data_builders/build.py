@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -41,11 +40,13 @@ from common.io import SkipLog, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
 from common.schema import RecordError
 from common.scoring import Scorer, ScoringGroup
+from data_builders.chunks import chunk_paths as _chunk_paths
+from data_builders.chunks import prepare_chunks_dir
 from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
 from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_stats, new_stats, write_report
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed, resolve_device
-from data_builders.scoring import make_scorer
+from data_builders.scoring import make_remote_scorer, make_scorer
 from data_builders.sources import read_prompts
 
 SAMPLING_FAILED = "sampling failed"
@@ -64,11 +65,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _chunk_paths(out_dir: Path, chunk: int) -> tuple[Path, Path]:
-    base = out_dir / "chunks" / f"chunk-{chunk:06d}"
-    return base, base.with_suffix(".json")
-
-
 def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
     """Claim `output_dir` (`common.run_folder`: same settings and same prompts, policy and reward model content, or
     refused naming what changed) and clear the half-written files a killed run left."""
@@ -78,9 +74,7 @@ def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
         inputs["image_root"] = cfg.image_root
     claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
     if rank == 0:
-        (out / "chunks").mkdir(parents=True, exist_ok=True)
-        for leftover in (out / "chunks").glob(".*.tmp-*"):  # half-written files of a killed run
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        prepare_chunks_dir(out)
     _barrier()
     return out
 
@@ -222,6 +216,8 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
         device = str(resolve_device(cfg.device))
         sampler = sampler or make_sampler(cfg.backend, cfg.policy_name_or_path, cfg.dtype, device, cfg.min_pixels,
                                           cfg.max_pixels, cfg.max_prompt_tokens)  # fmt: skip
+        if scorer is None and cfg.reward_url:
+            scorer = make_remote_scorer(cfg.reward_url, cfg.score_batch_size)
         scorer = scorer or make_scorer(cfg.reward_model_name_or_path, cfg.dtype, device, cfg.score_batch_size,
                                        cfg.min_pixels, cfg.max_pixels)  # fmt: skip
     bar = tqdm(total=sum(size(c) for c in mine), initial=sum(size(c) for c in mine if c not in todo), unit="prompt",

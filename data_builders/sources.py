@@ -31,17 +31,18 @@ from typing import Any
 from datasets import Dataset
 
 from common.io import SkipLog, iter_raw_rows, read_records, records_to_dataset, validate_rows
+from common.record_checks import repeated_ids
 from common.schema import RecordError, record_ref, validate_prompt_record
 
 FORMATS = ("auto", "prompt", "plain", "rlaif_v", "vlfeedback", "mmpr", "vl_rewardbench")
 IMAGE_TAG = re.compile(r"\s*<image>\s*")
 
 
-def _first(row: Mapping, keys: tuple[str, ...]) -> Any:
+def first_of(row: Mapping, keys: tuple[str, ...]) -> Any:
     return next((row[k] for k in keys if row.get(k) is not None), None)
 
 
-def _messages(question: Any, n_images: int, ref: str, field: str) -> list[dict]:
+def user_messages(question: Any, n_images: int, ref: str, field: str) -> list[dict]:
     """A one-turn user prompt; `<image>` tags become placeholders, untagged images go first."""
     if not isinstance(question, str) or not question.strip():
         raise RecordError(ref, field, f"expected a non-empty question string, got {question!r}")
@@ -58,32 +59,32 @@ def _messages(question: Any, n_images: int, ref: str, field: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def _as_list(images: Any) -> list:
+def as_list(images: Any) -> list:
     if images is None:
         return []
     return list(images) if isinstance(images, list | tuple) else [images]
 
 
 def _record(rid: Any, question: Any, images: Any, ref: str, qfield: str, **extra: Any) -> dict:
-    images = _as_list(images)
-    return {"id": None if rid is None else str(rid), "prompt": _messages(question, len(images), ref, qfield),
+    images = as_list(images)
+    return {"id": None if rid is None else str(rid), "prompt": user_messages(question, len(images), ref, qfield),
             "images": images, **{k: v for k, v in extra.items() if v is not None}}  # fmt: skip
 
 
 def _plain(row: Mapping, ref: str) -> dict:
     if isinstance(row.get("prompt"), list):  # already messages: only normalise the image key
-        return {**row, "images": _as_list(_first(row, ("images", "image", "image_path", "img_path")))}
+        return {**row, "images": as_list(first_of(row, ("images", "image", "image_path", "img_path")))}
     question_keys = ("question", "prompt", "query", "instruction")
     field = next((k for k in question_keys if k in row), "question")
-    answer = _first(row, ("answer", "ground_truth"))
-    return _record(row.get("id"), row.get(field), _first(row, ("images", "image", "image_path", "img_path")), ref,
+    answer = first_of(row, ("answer", "ground_truth"))
+    return _record(row.get("id"), row.get(field), first_of(row, ("images", "image", "image_path", "img_path")), ref,
                    field, answer=None if answer is None else str(answer), choices=row.get("choices"),
                    source=row.get("source"))  # fmt: skip
 
 
 def _rlaif_v(row: Mapping, ref: str) -> dict:
     origin = row.get("ds_name") or row.get("origin_dataset")
-    return _record(_first(row, ("idx", "id")), row.get("question"), row.get("image"), ref, "question",
+    return _record(first_of(row, ("idx", "id")), row.get("question"), row.get("image"), ref, "question",
                    source=f"rlaif_v/{origin}" if origin else "rlaif_v")  # fmt: skip
 
 
@@ -173,15 +174,14 @@ def read_prompts(
 
 def _dedupe(ds: Dataset, skipped: SkipLog, on_bad_record: str, max_prompts: int | None) -> Dataset:
     """Drop records whose id was seen before (pair ids and resume bookkeeping rely on unique prompt ids)."""
-    seen, keep = set(), []
-    for i, rid in enumerate(ds["id"] if len(ds) else []):
-        if rid in seen:
-            if on_bad_record == "raise":
-                raise RecordError(f"{rid!r} (#{i})", "id", "duplicate prompt id")
-            skipped.add("id: duplicate prompt id", f"record {rid!r} (#{i}), field 'id': duplicate prompt id")
-        else:
-            seen.add(rid)
-            keep.append(i)
+    ids = ds["id"] if len(ds) else []
+    repeated = repeated_ids(ids)
+    for i in repeated:
+        error = RecordError(f"{ids[i]!r} (#{i})", "id", "duplicate prompt id")
+        if on_bad_record == "raise":
+            raise error
+        skipped.add(error.reason, str(error))
+    keep = sorted(set(range(len(ids))) - set(repeated))
     if max_prompts is not None:
         keep = keep[:max_prompts]
     return ds if len(keep) == len(ds) else ds.select(keep)
