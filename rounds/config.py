@@ -24,6 +24,10 @@ class RoundsConfig:
     # > inputs
     policy_name_or_path: str = field(default=None, metadata={"help": "The initial policy (round 1 starts from it)."})
     reward_model_name_or_path: str = field(default=None, metadata={"help": "Reward model that ranks the samples."})
+    reward_url: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reward server URL(s) (recipes/serve_reward.py) that score instead of a local reward model."},
+    )
     prompts: str = field(default=None, metadata={"help": "Prompt pool (records with `answer` where ground truth)."})
     eval_prompts: str = field(default=None, metadata={"help": "Held-out prompts evaluated after every round."})
     eval_pairs: str | None = field(default=None, metadata={"help": "Held-out pairs for MPO's pair-accuracy hook."})
@@ -97,10 +101,18 @@ class RoundsConfig:
     def validate(self) -> None:
         """Check every field at once; raise one ValueError listing all problems."""
         problems = []
-        for name in ("policy_name_or_path", "reward_model_name_or_path", "prompts", "eval_prompts",
-                     "build_pairs_config", "mpo_config", "output_dir"):  # fmt: skip
+        for name in (
+            "policy_name_or_path",
+            "prompts",
+            "eval_prompts",
+            "build_pairs_config",
+            "mpo_config",
+            "output_dir",
+        ):
             if not getattr(self, name):
                 problems.append(f"{name} is required (--{name} ...)")
+        if not self.reward_model_name_or_path and not self.reward_url:
+            problems.append("reward_model_name_or_path or reward_url is required (the reward model that ranks samples)")
         choices = {"prompt_schedule": PROMPT_SCHEDULES, "reference": REFERENCES, "selection": SELECTIONS,
                    "report_to": ("none", "wandb")}  # fmt: skip
         for name, allowed in choices.items():
@@ -118,7 +130,7 @@ class RoundsConfig:
             problems.append(f"health_max_degenerate={self.health_max_degenerate}: must be in [0, 1]")
         owned = {"--prompts", "--policy_name_or_path", "--reward_model_name_or_path", "--output_dir", "--seed",
                  "--model_name_or_path", "--train_data", "--ref_model_name_or_path", "--resume_from_checkpoint",
-                 "--rule", "--length_penalty", "--eval_prompts", "--eval_pairs"}  # fmt: skip
+                 "--rule", "--length_penalty", "--eval_prompts", "--eval_pairs", "--reward_url"}  # fmt: skip
         for name in ("build_pairs_args", "mpo_args"):
             for flag in set(getattr(self, name)) & owned:
                 problems.append(f"{name}: {flag} is set by the loop per round; use the rounds config instead")

@@ -152,9 +152,12 @@ class Rounds:
         if self._stage(r, "pairs", (build / "run_meta.json").exists()):
             cfg = self.cfg
             args = ["--config", _config_path(cfg.build_pairs_config), *cfg.build_pairs_args, "--prompts", str(prompts),
-                    "--policy_name_or_path", policy, "--reward_model_name_or_path", cfg.reward_model_name_or_path,
-                    "--output_dir", str(build), "--seed", str(cfg.seed + r), "--length_penalty",
-                    str(cfg.length_penalty), "--progress", "false"]  # fmt: skip
+                    "--policy_name_or_path", policy, "--output_dir", str(build), "--seed", str(cfg.seed + r),
+                    "--length_penalty", str(cfg.length_penalty), "--progress", "false"]  # fmt: skip
+            if cfg.reward_url:
+                args += ["--reward_url", *cfg.reward_url]
+            else:
+                args += ["--reward_model_name_or_path", cfg.reward_model_name_or_path]
             if cfg.selection == "hybrid":
                 args += ["--rule", "correctness"]
             self._job("recipes/build_pairs.py", BuildPairsConfig, build_pairs, args, scorer=self.given_scorers[0])
@@ -187,6 +190,10 @@ class Rounds:
             return data["eval"] if r == 0 else data
         cfg = self.cfg
         scorer, heldout = self.given_scorers
+        if scorer is None and cfg.reward_url:
+            from data_builders.scoring import make_remote_scorer
+
+            scorer = make_remote_scorer(cfg.reward_url, cfg.eval_batch_size)
         if scorer is None or (heldout is None and cfg.heldout_reward_model_name_or_path):
             # Loaded per evaluation and dropped after it: the stages that follow get the memory back.
             from reward.scorer import RewardScorer

@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from common.run_folder import RunFolderError
+from reward.serving.process import server_process
 from rounds.config import RoundsConfig
 from rounds.loop import run_rounds
 from tests.launch import REPO, cpu_env
@@ -143,3 +144,18 @@ def test_a_rerun_resumes_only_the_same_run(clean_run):
     assert "round 1: already done" in rerun and "round 2: already done" in rerun and ": start" not in rerun
     with pytest.raises(RunFolderError, match="config field hacking_tolerance: 0.05 -> 0.5"):
         run_rounds(RoundsConfig(**{**args, "output_dir": str(out), "hacking_tolerance": 0.5}))
+
+
+def test_reward_server_scores_like_the_local_reward_model(clean_run, tiny_reward_path, tmp_path):
+    """Round 1 scored through the reward server (recipes/serve_reward.py) equals round 1 scored locally."""
+    args, clean_out, _ = clean_run
+    with server_process(tiny_reward_path, "--device", "cpu") as (_, url):
+        cfg = {**args, "num_rounds": 1, "reward_model_name_or_path": None, "reward_url": [url],
+               "output_dir": str(tmp_path / "rounds")}  # fmt: skip
+        run_rounds(RoundsConfig(**cfg))
+    served, local = [json.loads((d / "round-01" / "round.json").read_text()) for d in (tmp_path / "rounds", clean_out)]
+    assert served["stats"]["pairs"] == local["stats"]["pairs"] > 0
+    for side in ("chosen_scores", "rejected_scores"):
+        assert served["stats"][side] == pytest.approx(local["stats"][side], abs=1e-4)
+    assert served["eval"]["rewards"] == pytest.approx(local["eval"]["rewards"], abs=1e-4)
+    assert served["eval"]["accuracy"] == local["eval"]["accuracy"]
