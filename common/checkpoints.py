@@ -149,7 +149,9 @@ class CompleteCheckpointsMixin:
     resumed_from: str | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":
+        if str(resume_from_checkpoint).lower() in ("false", "none", ""):
+            resume_from_checkpoint = None
+        elif resume_from_checkpoint is True or str(resume_from_checkpoint).lower() == "true":
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 print0(f"[checkpoint] no complete checkpoint in {self.args.output_dir}: starting from step 0")

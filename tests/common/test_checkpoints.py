@@ -1,6 +1,7 @@
 """`common.checkpoints`: strict weight loading through the checkpoint key mapping, and completeness checks."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers import AutoModelForImageTextToText
 
 from common.checkpoints import (
     COMPLETE_FILE,
+    CompleteCheckpointsMixin,
     checkpoint_key_names,
     incomplete_reason,
     last_complete_checkpoint,
@@ -70,3 +72,25 @@ def test_only_complete_checkpoints_are_taken(tmp_path, capsys):
     assert "checkpoint-4 (optimizer.pt has 1 bytes" in log
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]  # the incomplete ones are removed
     assert last_complete_checkpoint(tmp_path / "nothing-here") is None
+
+
+class _Base:
+    def train(self, resume_from_checkpoint=None):
+        return resume_from_checkpoint  # what `Trainer.train` would resume from
+
+
+class _Trainer(CompleteCheckpointsMixin, _Base):
+    def __init__(self, output_dir):
+        self.args = SimpleNamespace(output_dir=str(output_dir))
+
+
+def test_train_resolves_what_to_resume_from(tmp_path):
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    mark_complete(tmp_path / "checkpoint-2")
+    trainer = _Trainer(tmp_path)
+    assert trainer.train("false") is None and trainer.resumed_from is None
+    with pytest.raises(ValueError, match=rf"cannot resume from {tmp_path / 'checkpoint-4'}: no {COMPLETE_FILE}"):
+        trainer.train(str(tmp_path / "checkpoint-4"))  # an explicit path must be complete
+    assert trainer.train(True) == str(tmp_path / "checkpoint-2") == trainer.resumed_from
+    assert _Trainer(tmp_path / "new").train("true") is None  # nothing saved yet: from step 0

@@ -67,7 +67,7 @@ def test_reward_training_survives_kills(tiny_vlm_path, toy_data, tmp_path):
         args = _flags(model_name_or_path=tiny_vlm_path, output_dir=tmp_path / name, stages=json.dumps(stages),
                       use_cpu=True, learning_rate=1e-3, per_device_train_batch_size=2, max_length=512, logging_steps=1,
                       save_steps=SAVE_STEPS, report_to="none", seed=0)  # fmt: skip
-        runs[name] = Job("reward", REPO / "recipes/train_reward.py", args, tmp_path / "logs")
+        runs[name] = Job("reward", REPO / "recipes/train_reward.py", args, tmp_path / "logs" / name)
     runs["full"].run()
     _faulted_training(runs["faulted"], tmp_path / "faulted/s1", random.Random(SEED))
     last = f"s1/checkpoint-{MAX_STEPS}/trainer_state.json"
@@ -86,7 +86,7 @@ def test_mpo_survives_kills(tiny_vlm_path, toy_data, tmp_path):
                       max_steps=MAX_STEPS, learning_rate=1e-3, max_length=256, logging_steps=1, save_strategy="steps",
                       save_steps=SAVE_STEPS, gradient_checkpointing=False, report_to="none", seed=0,
                       resume_from_checkpoint=True)  # fmt: skip
-        runs[name] = Job("mpo", REPO / "recipes/mpo_qwen.py", args, tmp_path / "logs")
+        runs[name] = Job("mpo", REPO / "recipes/mpo_qwen.py", args, tmp_path / "logs" / name)
     runs["full"].run()
     _faulted_training(runs["faulted"], tmp_path / "faulted", random.Random(SEED + 1))
 
@@ -101,7 +101,7 @@ def test_mpo_survives_kills(tiny_vlm_path, toy_data, tmp_path):
 def test_pair_building_survives_kills(tiny_vlm_path, tiny_reward_path, toy_data, tmp_path):
     rng = random.Random(SEED + 2)
     full, faulted = (Job("build_pairs", REPO / "recipes/build_pairs.py",
-                         recipe_args(toy_data, tiny_vlm_path, tiny_reward_path, tmp_path / name), tmp_path / "logs")
+                         recipe_args(toy_data, tiny_vlm_path, tiny_reward_path, tmp_path / name), tmp_path / "logs" / name)
                      for name in ("full", "faulted"))  # fmt: skip
     full.run()
     out = tmp_path / "faulted"
