@@ -174,8 +174,8 @@ class CompleteCheckpointsMixin:
             free = f"{usage.free / 2**20:.1f} MiB free there" if usage else "its folder is gone"
             raise CheckpointWriteError(
                 f"writing checkpoint {folder} failed ({type(err).__name__}: {err}); {free}. A full disk is the usual "
-                "cause: free space (or lower save_total_limit) and rerun the same command; the incomplete "
-                "checkpoint is skipped on resume."
+                "cause: free space (or keep fewer checkpoints with save_total_limit) and rerun the same command; "
+                "the incomplete checkpoint is skipped on resume."
             ) from err
         finally:
             self.args.save_total_limit = limit

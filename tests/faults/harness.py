@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.checkpoints import incomplete_reason
-from tests.launch import REPO, cpu_env
+from tests.data_builders.test_resume import env  # one thread: the same float reduction order in every launch
+from tests.launch import REPO
 
 RUN_JOB = REPO / "tests" / "faults" / "run_job.py"
 STEP_PAUSE_S = 0.2
@@ -47,15 +48,9 @@ class Tally:
 TALLY = Tally()
 
 
-def env() -> dict[str, str]:
-    e = cpu_env(1)
-    e["OMP_NUM_THREADS"] = "1"  # the same float reduction order in every launch
-    return e
-
-
 @dataclass
 class Job:
-    """One recipe and its flags; `resumed(log)` says whether a launch picked up saved work."""
+    """One recipe and its flags, launched through `run_job.py`; each launch's output goes to `log_dir`."""
 
     name: str
     script: Path
