@@ -67,7 +67,8 @@ def test_freeze_parts(tiny_vlm_path, flags, trainable):
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_without_deepspeed_equals_uninterrupted(lora, tiny_vlm_path, toy_data, tmp_path):
     """Killed after step 3 (checkpoint-2 on disk), rerun with `resume_from_checkpoint=True`: steps 3 and 4 give the
-    uninterrupted run's losses and the final model its weights (a resume that skips the backbone repeats step 2's)."""
+    uninterrupted run's losses and the final model its weights (a resume that skips the backbone restarts it from the
+    base weights)."""
 
     def cfg(name, **kw):
         return MPOConfig(output_dir=str(tmp_path / name), use_cpu=True, bf16=False, model_name_or_path=str(tiny_vlm_path),
