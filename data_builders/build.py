@@ -4,7 +4,7 @@
 
 Layout of `output_dir`::
 
-    build_config.json            the config fields that decide the output (a rerun must match them to resume)
+    run_config.json              the resolved config and the inputs' fingerprints (`common.run_folder`)
     chunks/chunk-000003/         the pairs of prompts [3*chunk_size, 4*chunk_size) (datasets folder, atomic rename)
     chunks/chunk-000003.json     that chunk's statistics, written last: its presence marks the chunk finished
     pairs/                       all chunks' pairs, in prompt order (written by rank 0 after every chunk is done)
@@ -12,8 +12,10 @@ Layout of `output_dir`::
 
 **Resume.** Killing the job at any moment loses at most the chunks being worked on: a chunk counts only once its
 statistics file exists, and both its files are renamed into place atomically. Rerunning the same command skips the
-finished chunks. Each prompt samples with its own seed (`prompt_seed(seed, prompt id)`), so a resumed run writes
-the same dataset as an uninterrupted one.
+finished chunks, provided the settings that decide the output and the inputs' content (prompts, policy and reward
+model weights, hashed) are those of the first run; otherwise the rerun is refused, naming what changed
+(`--overwrite_output_dir true` starts over). Each prompt samples with its own seed (`prompt_seed(seed, prompt id)`),
+so a resumed run writes the same dataset as an uninterrupted one.
 
 **Sharding.** Under `torchrun`/`deepspeed` with N processes, rank r takes chunks r, r+N, r+2N...; chunk contents
 do not depend on N, so the merged dataset equals the 1-process one. After a barrier, rank 0 merges.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -34,12 +35,16 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
+from common.images import ImageError
 from common.io import SkipLog, write_records, write_text_atomic
+from common.run_folder import claim_output_dir
 from common.schema import RecordError
 from common.scoring import Scorer, ScoringGroup
+from data_builders.chunks import chunk_paths as _chunk_paths
+from data_builders.chunks import prepare_chunks_dir
 from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
-from data_builders.report import add_count, log_to_wandb, merge_stats, new_stats, write_report
+from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_stats, new_stats, write_report
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed, resolve_device
 from data_builders.scoring import make_scorer
 from data_builders.sources import read_prompts
@@ -60,36 +65,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _chunk_paths(out_dir: Path, chunk: int) -> tuple[Path, Path]:
-    base = out_dir / "chunks" / f"chunk-{chunk:06d}"
-    return base, base.with_suffix(".json")
-
-
 def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
-    """Create `output_dir`, or check that the build already there used the same content fields (then resume).
-
-    Every rank checks (same files, same verdict, so all raise together) before rank 0 changes anything.
-    """
+    """Claim `output_dir` (`common.run_folder`: same settings and same prompts, policy and reward model content, or
+    refused naming what changed) and clear the half-written files a killed run left."""
     out = Path(cfg.output_dir)
-    state = out / "build_config.json"
-    wanted = json.loads(json.dumps(cfg.content_fields()))
-    old = json.loads(state.read_text()) if state.exists() else None
-    stale = (old is not None and old != wanted) or (old is None and out.exists() and any(out.iterdir()))
-    if stale and not cfg.overwrite:
-        if old is None:
-            raise ValueError(f"output_dir {out} is not empty and holds no pair build: choose another output_dir "
-                             "or set --overwrite true")  # fmt: skip
-        diff = {k: (old.get(k), v) for k, v in wanted.items() if old.get(k) != v}
-        raise ValueError(f"output_dir {out} holds a build with a different config {diff} (old, new): "
-                         "choose another output_dir or set --overwrite true")  # fmt: skip
-    _barrier()
+    inputs = {"prompts": cfg.prompts, "policy": cfg.policy_name_or_path, "reward_model": cfg.reward_model_name_or_path}
+    if cfg.image_root:
+        inputs["image_root"] = cfg.image_root
+    claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
     if rank == 0:
-        if stale:
-            shutil.rmtree(out)
-        (out / "chunks").mkdir(parents=True, exist_ok=True)
-        for leftover in (out / "chunks").glob(".*.tmp-*"):  # half-written files of a killed run
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        write_text_atomic(state, json.dumps(wanted, sort_keys=True))
+        prepare_chunks_dir(out)
     _barrier()
     return out
 
@@ -105,9 +90,9 @@ def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Sc
         seed = prompt_seed(cfg.seed, prompt["id"])
         try:
             sampled.append((prompt, seed, sampler.sample(prompt, params, seed)))
-        except (RecordError, ValueError) as e:  # a prompt the backend cannot take: count it, go on
-            too_long = isinstance(e, PromptTooLong)
-            add_count(stats["prompt_skips"], PROMPT_TOO_LONG if too_long else f"{SAMPLING_FAILED}: {type(e).__name__}")
+        except (RecordError, ValueError) as e:  # a prompt the backend cannot take: count it, name it, go on
+            reason = PROMPT_TOO_LONG if isinstance(e, PromptTooLong) else f"{SAMPLING_FAILED}: {_failure(e)}"
+            _count_failure(stats, reason, prompt["id"], e)
             if progress is not None:
                 progress.update(1)
     scores = _score(sampled, scorer, stats)
@@ -137,6 +122,17 @@ def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Sc
     return records, stats
 
 
+def _failure(error: Exception) -> str:
+    """How a failed prompt is counted: an image's problem class (`common.images`), else the error's type."""
+    return error.problem if isinstance(error, ImageError | RecordError) else type(error).__name__
+
+
+def _count_failure(stats: dict, reason: str, prompt_id: str, error: Exception) -> None:
+    add_count(stats["prompt_skips"], reason)
+    if len(stats["skip_examples"]) < MAX_EXAMPLES:
+        stats["skip_examples"].append(f"prompt {prompt_id!r}: {reason} ({error})")
+
+
 def _score(sampled: list, scorer: Scorer, stats: dict) -> list[list[float] | None]:
     """Scores per sampled prompt (empty responses get NaN, never reach the scorer); None where scoring failed."""
     groups, keep = [], []
@@ -154,7 +150,7 @@ def _score(sampled: list, scorer: Scorer, stats: dict) -> list[list[float] | Non
             try:
                 results[g] = scorer.score_groups([groups[g]])[0]
             except (RecordError, ValueError) as e:
-                add_count(stats["prompt_skips"], f"{SCORING_FAILED}: {type(e).__name__}")
+                _count_failure(stats, f"{SCORING_FAILED}: {_failure(e)}", sampled[g][0]["id"], e)
                 results[g] = None
     for g, s in results.items():
         if s is not None and len(s) != len(groups[g].responses):
@@ -207,7 +203,8 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
     rank, world = _rank_world()
     out = prepare_output_dir(cfg, rank)
     read_skips = SkipLog()
-    prompts = read_prompts(cfg.prompts, cfg.prompt_format, cfg.image_root, read_skips, max_prompts=cfg.max_prompts)
+    prompts = read_prompts(cfg.prompts, cfg.prompt_format, cfg.image_root, read_skips, cfg.on_bad_record,
+                           max_prompts=cfg.max_prompts)  # fmt: skip
     n_chunks = math.ceil(len(prompts) / cfg.chunk_size)
     mine = list(range(rank, n_chunks, world))
     todo = [c for c in mine if not _chunk_paths(out, c)[1].exists()]

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from data_builders.pairing import RULES
 from data_builders.sampling import SamplingParams
 from data_builders.sources import FORMATS
 
-# Fields that do not change what the job writes: a rerun may change them and still resume.
-RUN_ONLY_FIELDS = ("output_dir", "overwrite", "progress", "report_to", "wandb_project", "run_name", "device",
-                   "score_batch_size", "local_rank")  # fmt: skip
-
 
 @dataclass
 class BuildPairsConfig:
     """Sample K responses per prompt from a policy, score them with a reward model, keep chosen/rejected pairs."""
+
+    # Fields that do not change what the job writes: a rerun may change them and still resume (common.run_folder).
+    NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
+        "output_dir", "overwrite_output_dir", "progress", "report_to", "wandb_project", "run_name", "device",
+        "score_batch_size", "local_rank", "on_bad_record",
+    )  # fmt: skip
 
     # > inputs
     prompts: str = field(default=None, metadata={"help": "Prompt file or folder (.jsonl, .parquet or datasets dir)."})
@@ -24,6 +27,11 @@ class BuildPairsConfig:
         default=None, metadata={"help": "Folder relative image paths resolve against (default: the file's folder)."}
     )
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N valid prompts."})
+    on_bad_record: str = field(
+        default="skip",
+        metadata={"help": "A bad prompt (no question, unreadable image, vision token in the text...): 'skip' counts "
+                  "it in the report, 'raise' stops naming the record and the field."},
+    )  # fmt: skip
     policy_name_or_path: str = field(default=None, metadata={"help": "Policy VLM folder that samples the responses."})
     reward_model_name_or_path: str = field(
         default=None, metadata={"help": "Reward model folder (ours or Skywork-VL-Reward format) that scores them."}
@@ -55,9 +63,11 @@ class BuildPairsConfig:
     chunk_size: int = field(
         default=16, metadata={"help": "Prompts per chunk: the unit of atomic writes, resume and sharding."}
     )
-    overwrite: bool = field(
-        default=False, metadata={"help": "Delete an output_dir built with a different config instead of failing."}
-    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete an output_dir holding a build of other settings or inputs and start over (instead "
+                  "of refusing it)."},
+    )  # fmt: skip
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with rate and ETA."})
     report_to: str = field(default="none", metadata={"help": "'none' or 'wandb' (the report's counts and histograms)."})
     wandb_project: str = field(default="vlrm-mpo", metadata={"help": "wandb project (with report_to=wandb)."})
@@ -76,7 +86,7 @@ class BuildPairsConfig:
         for name in ("prompts", "policy_name_or_path", "reward_model_name_or_path", "output_dir"):
             if not getattr(self, name):
                 problems.append(f"{name} is required (--{name} ...)")
-        choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"),
+        choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"), "on_bad_record": ("raise", "skip"),
                    "report_to": ("none", "wandb"), "dtype": ("float32", "bfloat16", "float16")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -92,7 +102,3 @@ class BuildPairsConfig:
             problems.append(str(e))
         if problems:
             raise ValueError("invalid BuildPairsConfig:\n  - " + "\n  - ".join(problems))
-
-    def content_fields(self) -> dict:
-        """The fields that decide the output (a resumed run must match them)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_FIELDS}

@@ -15,10 +15,14 @@ HISTOGRAMS = {"reward": "candidate reward", "gap": "pair reward gap (chosen - re
               "length": "response length (tokens)"}  # fmt: skip
 
 
+MAX_EXAMPLES = 20  # failed prompts named in the report (every failure is counted)
+
+
 def new_stats() -> dict[str, Any]:
     """Empty statistics of one chunk (JSON-serialisable so that a finished chunk stores its own)."""
     return {"prompts": 0, "prompts_with_pairs": 0, "candidates": 0, "pairs": 0, "judged": 0, "correct": 0,
-            "candidate_drops": {}, "prompt_skips": {}, "reward": [], "gap": [], "length": []}  # fmt: skip
+            "candidate_drops": {}, "prompt_skips": {}, "skip_examples": [], "reward": [], "gap": [],
+            "length": []}  # fmt: skip
 
 
 def add_count(counts: dict[str, int], reason: str, n: int = 1) -> None:
@@ -52,7 +56,8 @@ def build_report(stats: Mapping[str, Any], read_skips: Mapping[str, Any], prompt
     """The report's content: counts of prompts, candidates, pairs and every skip reason, and value summaries."""
     report = {
         "prompts": {"valid": prompts_read, "skipped_at_read": dict(read_skips), "processed": stats["prompts"],
-                    "with_pairs": stats["prompts_with_pairs"], "without_pairs": dict(stats["prompt_skips"])},
+                    "with_pairs": stats["prompts_with_pairs"], "without_pairs": dict(stats["prompt_skips"]),
+                    "failed_examples": stats["skip_examples"][:MAX_EXAMPLES]},
         "candidates": {"generated": stats["candidates"], "dropped": dict(stats["candidate_drops"])},
         "pairs": stats["pairs"],
         "summaries": {name: _summary(stats[name]) for name in HISTOGRAMS},

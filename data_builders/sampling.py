@@ -37,9 +37,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from common.images import load_image
 from common.processor import load_processor
 from common.rope import prompt_rope_positions
-from reward.scorer import load_image
 
 
 @dataclass

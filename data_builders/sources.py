@@ -17,7 +17,7 @@ Sampling needs only the prompt side (images + question, plus the ground truth wh
 Relative image paths resolve against `image_root` (default: the file's folder). A `<image>` tag in the question
 becomes an image placeholder at that place; images without tags go before the text. A bad record (missing
 question, unreadable image, duplicate id...) is skipped and counted in the `SkipLog` under `"<field>: <problem>"`,
-or raises a `RecordError` naming it with `on_error="raise"`.
+or raises a `RecordError` naming it with `on_bad_record="raise"`.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ FORMATS = ("auto", "prompt", "plain", "rlaif_v", "vlfeedback", "mmpr", "vl_rewar
 IMAGE_TAG = re.compile(r"\s*<image>\s*")
 
 
-def _first(row: Mapping, keys: tuple[str, ...]) -> Any:
+def first_of(row: Mapping, keys: tuple[str, ...]) -> Any:
     return next((row[k] for k in keys if row.get(k) is not None), None)
 
 
-def _messages(question: Any, n_images: int, ref: str, field: str) -> list[dict]:
+def user_messages(question: Any, n_images: int, ref: str, field: str) -> list[dict]:
     """A one-turn user prompt; `<image>` tags become placeholders, untagged images go first."""
     if not isinstance(question, str) or not question.strip():
         raise RecordError(ref, field, f"expected a non-empty question string, got {question!r}")
@@ -58,32 +58,32 @@ def _messages(question: Any, n_images: int, ref: str, field: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def _as_list(images: Any) -> list:
+def as_list(images: Any) -> list:
     if images is None:
         return []
     return list(images) if isinstance(images, list | tuple) else [images]
 
 
 def _record(rid: Any, question: Any, images: Any, ref: str, qfield: str, **extra: Any) -> dict:
-    images = _as_list(images)
-    return {"id": None if rid is None else str(rid), "prompt": _messages(question, len(images), ref, qfield),
+    images = as_list(images)
+    return {"id": None if rid is None else str(rid), "prompt": user_messages(question, len(images), ref, qfield),
             "images": images, **{k: v for k, v in extra.items() if v is not None}}  # fmt: skip
 
 
 def _plain(row: Mapping, ref: str) -> dict:
     if isinstance(row.get("prompt"), list):  # already messages: only normalise the image key
-        return {**row, "images": _as_list(_first(row, ("images", "image", "image_path", "img_path")))}
+        return {**row, "images": as_list(first_of(row, ("images", "image", "image_path", "img_path")))}
     question_keys = ("question", "prompt", "query", "instruction")
     field = next((k for k in question_keys if k in row), "question")
-    answer = _first(row, ("answer", "ground_truth"))
-    return _record(row.get("id"), row.get(field), _first(row, ("images", "image", "image_path", "img_path")), ref,
+    answer = first_of(row, ("answer", "ground_truth"))
+    return _record(row.get("id"), row.get(field), first_of(row, ("images", "image", "image_path", "img_path")), ref,
                    field, answer=None if answer is None else str(answer), choices=row.get("choices"),
                    source=row.get("source"))  # fmt: skip
 
 
 def _rlaif_v(row: Mapping, ref: str) -> dict:
     origin = row.get("ds_name") or row.get("origin_dataset")
-    return _record(_first(row, ("idx", "id")), row.get("question"), row.get("image"), ref, "question",
+    return _record(first_of(row, ("idx", "id")), row.get("question"), row.get("image"), ref, "question",
                    source=f"rlaif_v/{origin}" if origin else "rlaif_v")  # fmt: skip
 
 
@@ -129,7 +129,7 @@ def read_prompts(
     fmt: str = "auto",
     image_root: str | None = None,
     skipped: SkipLog | None = None,
-    on_error: str = "skip",
+    on_bad_record: str = "skip",
     max_prompts: int | None = None,
 ) -> Dataset:
     """Read prompts of format `fmt` (see the module docstring) into validated prompt records.
@@ -138,15 +138,15 @@ def read_prompts(
         path: a .jsonl/.json, .parquet file or a `datasets` folder.
         fmt: one of `FORMATS`.
         image_root: folder that relative image paths resolve against (default: the file's folder).
-        skipped: counts of skipped records per reason (needed with `on_error="skip"`).
-        on_error: `"skip"` (count and go on) or `"raise"`.
+        skipped: counts of skipped records per reason (needed with `on_bad_record="skip"`).
+        on_bad_record: `"skip"` (count and go on) or `"raise"`.
         max_prompts: keep the first N valid prompts (None: all).
 
     Returns:
         A `Dataset` of prompt records, in file order, ids unique.
 
     Raises:
-        FileNotFoundError: `path` does not exist. ValueError: unknown `fmt`. RecordError: with `on_error="raise"`.
+        FileNotFoundError: `path` does not exist. ValueError: unknown `fmt`. RecordError: with `on_bad_record="raise"`.
     """
     path = Path(path)
     if fmt not in FORMATS:
@@ -157,8 +157,8 @@ def read_prompts(
     if fmt == "auto":
         fmt = detect_format(next(iter(iter_raw_rows(path)), {}))
     if fmt == "prompt":
-        ds = read_records(path, kind="prompt", on_error=on_error, skipped=skipped)
-        return _dedupe(ds, skipped, on_error, max_prompts)
+        ds = read_records(path, kind="prompt", on_bad_record=on_bad_record, skipped=skipped)
+        return _dedupe(ds, skipped, on_bad_record, max_prompts)
 
     def convert(row: Mapping, index: int, base_dir: str) -> dict:
         rec = CONVERTERS[fmt](row, record_ref(row, index))
@@ -166,17 +166,17 @@ def read_prompts(
         return validate_prompt_record(rec, index=index, base_dir=base_dir)
 
     records = validate_rows(
-        iter_raw_rows(path), convert, str(path), on_error, skipped, image_root or str(path.parent), max_prompts
+        iter_raw_rows(path), convert, str(path), on_bad_record, skipped, image_root or str(path.parent), max_prompts
     )
-    return _dedupe(records_to_dataset(records), skipped, on_error, max_prompts)
+    return _dedupe(records_to_dataset(records), skipped, on_bad_record, max_prompts)
 
 
-def _dedupe(ds: Dataset, skipped: SkipLog, on_error: str, max_prompts: int | None) -> Dataset:
+def _dedupe(ds: Dataset, skipped: SkipLog, on_bad_record: str, max_prompts: int | None) -> Dataset:
     """Drop records whose id was seen before (pair ids and resume bookkeeping rely on unique prompt ids)."""
     seen, keep = set(), []
     for i, rid in enumerate(ds["id"] if len(ds) else []):
         if rid in seen:
-            if on_error == "raise":
+            if on_bad_record == "raise":
                 raise RecordError(f"{rid!r} (#{i})", "id", "duplicate prompt id")
             skipped.add("id: duplicate prompt id", f"record {rid!r} (#{i}), field 'id': duplicate prompt id")
         else:

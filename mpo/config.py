@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trl import DPOConfig
 
@@ -23,6 +24,12 @@ class MPOConfig(DPOConfig):
     model_name_or_path (`str`): the policy (a local folder or hub id). No default.
     train_data (`str`): preference records (`.jsonl`, `.parquet` or a `datasets` folder) in the toolkit's schema.
     """
+
+    # Besides TrainingArguments' logging/saving/eval cadence fields: what a rerun may change and still resume
+    # (common.run_folder). `on_bad_record`: a run that finished with "raise" had no bad record, so "skip" is the same.
+    NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
+        "on_bad_record", "wandb_project", "eval_every_n_steps", "ref_logps_dir", "ref_batch_size", "dataset_num_proc",
+    )  # fmt: skip
 
     # The MPO loss (TRL's multi-loss fields with MPO's values).
     loss_type: list[str] = field(
@@ -89,6 +96,9 @@ class MPOConfig(DPOConfig):
     eval_max_new_tokens: int = field(default=16, metadata={"help": "Greedy generation length for eval prompts."})
     wandb_project: str | None = field(
         default=None, metadata={"help": "wandb project (with report_to=wandb); WANDB_MODE=offline works."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete an output_dir holding a run of other settings or inputs, start over."}
     )
 
     def __post_init__(self):

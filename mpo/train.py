@@ -19,6 +19,7 @@ from common.cli import write_run_meta
 from common.distributed import print0, shutdown
 from common.io import SkipLog, read_records
 from common.processor import load_processor
+from common.run_folder import claim_output_dir
 from common.scoring import Scorer
 from mpo.config import MPOConfig
 from mpo.evaluate import evaluate_policy
@@ -131,15 +132,19 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
     """
     cfg.validate()
     out = Path(cfg.output_dir)
-    if (out / "run_meta.json").exists() and not cfg.resume_from_checkpoint:
-        raise ValueError(f"output_dir {out} holds a finished run; choose another or set resume_from_checkpoint")
+    if (out / "run_meta.json").exists() and not cfg.resume_from_checkpoint and not cfg.overwrite_output_dir:
+        raise ValueError(f"output_dir {out} holds a finished run; choose another, set resume_from_checkpoint, or pass "
+                         "--overwrite_output_dir true to start over")  # fmt: skip
+    inputs = {"model": cfg.model_name_or_path, "reference model": cfg.ref_model_name_or_path,
+              "train_data": cfg.train_data, "eval_pairs": cfg.eval_pairs, "eval_prompts": cfg.eval_prompts}  # fmt: skip
+    claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
     if cfg.wandb_project:
         os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     processor = load_processor(cfg.model_name_or_path, cfg.min_pixels, cfg.max_pixels)
 
     skipped = SkipLog()
-    dataset = read_records(cfg.train_data, "preference", on_error=cfg.on_bad_record, skipped=skipped)
+    dataset = read_records(cfg.train_data, "preference", on_bad_record=cfg.on_bad_record, skipped=skipped)
     if skipped.total:
         print0(f"skipped {skipped.total} bad records: {dict(skipped.counts)}")
     dataset, ref_report = attach_ref_logps(

@@ -10,7 +10,7 @@ resolved against the file's folder; Parquet and `datasets` images are embedded b
 * ``mm_rewardbench`` (facebookresearch/multimodal_rewardbench `all_data.json`): `ID`, `Text`, `Image`, `Output1`,
   `Output2`, `Better`, `Category` (or `Meta.Category`).
 
-A malformed row raises `common.schema.RecordError` naming the row and the field, or, with `on_error="skip"`, is
+A malformed row raises `common.schema.RecordError` naming the row and the field, or, with `on_bad_record="skip"`, is
 dropped and counted per reason in a `common.io.SkipLog`.
 """
 
@@ -27,7 +27,7 @@ import datasets
 from datasets import Dataset
 
 from common.io import SkipLog
-from common.schema import RecordError, check_image
+from common.schema import RecordError, check_record_image
 from common.scoring import ScoringGroup
 
 
@@ -105,7 +105,7 @@ def _user(text: str, n_images: int) -> list[dict]:
 
 def _images(value: Any, ref: str, field: str, base_dir: str | None) -> list:
     images = value if isinstance(value, list) else [] if value is None else [value]
-    return [check_image(im, ref, f"{field}[{i}]", base_dir) for i, im in enumerate(images)]
+    return [check_record_image(im, ref, f"{field}[{i}]", base_dir) for i, im in enumerate(images)]
 
 
 def _vl_rewardbench(row: Mapping, ref: str, base_dir: str | None) -> BenchmarkExample:
@@ -152,23 +152,23 @@ def read_benchmark(
     name: str,
     path: str | Path,
     limit: int | None = None,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_bad_record: Literal["raise", "skip"] = "raise",
     skipped: SkipLog | None = None,
 ) -> list[BenchmarkExample]:
     """Read `limit` (all by default) examples of benchmark `name` from a local file or folder.
 
     Args:
-        on_error: `"raise"` stops at the first malformed row; `"skip"` drops it and counts its reason in `skipped`
+        on_bad_record: `"raise"` stops at the first malformed row; `"skip"` drops it and counts its reason in `skipped`
             (e.g. Multimodal RewardBench rows whose third-party image could not be downloaded).
 
     Raises:
         ValueError: unknown benchmark name.
-        RecordError: a malformed row (names the row and the field), with `on_error="raise"`.
+        RecordError: a malformed row (names the row and the field), with `on_bad_record="raise"`.
     """
     if name not in READERS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(READERS)}")
-    if on_error == "skip" and skipped is None:
-        raise ValueError("on_error='skip' needs a SkipLog to count the skipped rows")
+    if on_bad_record == "skip" and skipped is None:
+        raise ValueError("on_bad_record='skip' needs a SkipLog to count the skipped rows")
     reader, out = READERS[name], []
     for index, (row, base_dir) in enumerate(iter_rows(path)):
         if limit is not None and index >= limit:
@@ -177,7 +177,7 @@ def read_benchmark(
         try:
             out.append(reader(row, f"{rid!r} (#{index})" if rid is not None else f"#{index}", base_dir))
         except RecordError as e:
-            if on_error == "raise":
+            if on_bad_record == "raise":
                 raise
             skipped.add(e.reason, str(e))
     return out

@@ -20,7 +20,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from transformers import TrainingArguments
 
@@ -72,6 +72,10 @@ class RewardConfig(TrainingArguments):
 
     Everything of `transformers.TrainingArguments` applies (DeepSpeed, checkpointing, `report_to`), per stage.
     """
+
+    # Besides TrainingArguments' logging/saving/eval cadence fields: what a rerun may change and still resume
+    # (common.run_folder). `on_bad_record`: a run that finished with "raise" had no bad record, so "skip" is the same.
+    NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = ("on_bad_record",)
 
     model_name_or_path: str | None = field(
         default=None,
@@ -129,6 +133,9 @@ class RewardConfig(TrainingArguments):
         default=False, metadata={"help": "Must stay False: the collator needs the raw prompt/chosen/rejected/images."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log loss, accuracy, margin and rewards every N steps."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete an output_dir holding a run of other settings or inputs, start over."}
+    )
 
     def __post_init__(self):
         super().__post_init__()

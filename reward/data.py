@@ -93,7 +93,7 @@ def _weighted(ds: Dataset, weight: float, seed: int) -> Dataset:
 
 def read_pairs(path: str, cfg: RewardConfig, processor, skipped: SkipLog) -> Dataset:
     """One dataset, validated (bad records raise or are counted) and length-filtered, with the trainer's columns."""
-    ds = read_records(path, "preference", on_error=cfg.on_bad_record, skipped=skipped)
+    ds = read_records(path, "preference", on_bad_record=cfg.on_bad_record, skipped=skipped)
     ds = _common_columns(ds) if len(ds) else ds
     return filter_long_pairs(ds, processor, cfg.max_length, cfg.long_pair_policy, skipped) if len(ds) else ds
 

@@ -262,7 +262,7 @@ class EvalConfig:
     )  # fmt: skip
     output_dir: str = field(default=None, metadata={"help": "Where predictions, metrics, table and chart go."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples (smoke runs)."})
-    on_error: str = field(
+    on_bad_record: str = field(
         default="raise",
         metadata={"help": "raise: stop at a malformed row (named); skip: drop it and count the reason in the report."},
     )
@@ -284,8 +284,8 @@ class EvalConfig:
             problems.append(f"--output_dir {self.output_dir} already holds a report; pass --overwrite_output_dir")
         if self.report_to not in ("none", "wandb"):
             problems.append(f"--report_to {self.report_to!r}: choose none or wandb")
-        if self.on_error not in ("raise", "skip"):
-            problems.append(f"--on_error {self.on_error!r}: choose raise or skip")
+        if self.on_bad_record not in ("raise", "skip"):
+            problems.append(f"--on_bad_record {self.on_bad_record!r}: choose raise or skip")
         if self.limit is not None and self.limit < 1:
             problems.append(f"--limit {self.limit}: must be >= 1")
         if problems:
@@ -357,7 +357,9 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = SkipLog()
-    examples = read_benchmark(cfg.benchmark, cfg.data_path, limit=cfg.limit, on_error=cfg.on_error, skipped=skipped)
+    examples = read_benchmark(
+        cfg.benchmark, cfg.data_path, limit=cfg.limit, on_bad_record=cfg.on_bad_record, skipped=skipped
+    )
     if not examples:
         raise ValueError(f"{cfg.data_path}: no example left to score (skipped: {skipped.to_dict()})")
     options = {k: v for k, v in dataclasses.asdict(scorer_cfg).items() if k != "model_name_or_path"}

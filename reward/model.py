@@ -2,8 +2,9 @@
 
 Score of a conversation = the value head at the last non-pad token (DESIGN.md, "Facts from the paper")::
 
-    model, processor = load_reward_model("outputs/tiny-vlm")          # base VLM: head freshly initialised (seeded)
     model, processor = load_reward_model("models/Skywork-VL-Reward-7B")  # released format: head from value_head.safetensors
+    model, processor = load_reward_model("outputs/tiny-vlm", new_head_ok=True)  # base VLM: a new (seeded) head,
+                                                                                # for training only
     rewards = model(**processor(text=..., images=..., return_tensors="pt", padding=True)).rewards   # (B,)
 
 Checkpoint format (what `save_reward_model` writes and the released Skywork-VL-Reward-7B uses): the backbone in the
@@ -16,6 +17,7 @@ Checkpoint format (what `save_reward_model` writes and the released Skywork-VL-R
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrai
 from transformers.utils import logging as hf_logging
 
 from common.processor import load_processor
+
+logger = logging.getLogger(__name__)
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
@@ -220,19 +224,24 @@ def load_reward_model(
     head_seed: int = 0,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    new_head_ok: bool = False,
 ) -> tuple[VLRewardModel, object]:
     """Load a reward model and its processor from a local folder.
 
     Args:
-        path: a reward checkpoint (has `value_head.safetensors`) or a base Qwen2.5-VL / Qwen2-VL checkpoint, whose
-            head is then freshly initialised from `head_seed`; a local folder, or a hub id where the hub is reachable.
+        path: a reward checkpoint (has `value_head.safetensors`), or, with `new_head_ok`, a base Qwen2.5-VL / Qwen2-VL
+            checkpoint whose head is then freshly initialised from `head_seed`; a local folder, or a hub id where the
+            hub is reachable.
         dtype / device: where the weights go.
         min_pixels / max_pixels: image area bounds for the processor (Qwen's `smart_resize`).
+        new_head_ok: start a new random head when the checkpoint has none (training only: scores from it mean
+            nothing, so scoring, evaluation and pair building leave it False and get an error instead).
 
     Returns:
         (model in eval mode, processor).
 
     Raises:
+        FileNotFoundError: `path` has no value head (no `value_head.safetensors`) and `new_head_ok` is False.
         KeyError / ValueError: `value_head.safetensors` lacks the expected keys or shapes.
         ValueError: backbone weights are missing from the checkpoint (they would silently stay random).
     """
@@ -255,6 +264,12 @@ def load_reward_model(
     if head_file is not None:
         model.load_value_head(load_file(head_file), source=head_file)
     elif any(k.startswith("v_head.") for k in info["missing_keys"]):  # a base VLM (a Trainer checkpoint has the head)
+        if not new_head_ok:
+            raise FileNotFoundError(
+                f"{path} has no {VALUE_HEAD_FILE}: it is not a reward model (a base VLM would be scored by a random "
+                "head). Train one with recipes/train_reward.py, or point to a folder that has the file."
+            )
+        logger.warning(f"{path} has no {VALUE_HEAD_FILE}: starting a new value head (seed {head_seed})")
         model.reset_value_head(head_seed)
     model.to(device).eval()
     return model, load_processor(str(path), min_pixels=min_pixels, max_pixels=max_pixels)

@@ -19,18 +19,16 @@ merge with the template's last token still tokenizes exactly as in the naive pat
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from common.images import load_image
 from common.rope import prompt_rope_positions
 from common.scoring import ScoringGroup
 from reward.model import load_reward_model
@@ -74,21 +72,6 @@ class ScorerConfig:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
-
-
-def load_image(image: Any) -> Image.Image:
-    """An RGB PIL image from a PIL image, a path or a `{"bytes", "path"}` dict."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, str | os.PathLike):
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    if isinstance(image, Mapping):
-        if image.get("bytes"):
-            with Image.open(io.BytesIO(image["bytes"])) as im:
-                return im.convert("RGB")
-        return load_image(image["path"])
-    raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
 def assistant_message(text: str) -> dict:

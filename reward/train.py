@@ -18,8 +18,9 @@ from transformers import Trainer, set_seed
 
 from common.checkpoints import CompleteCheckpointsMixin
 from common.cli import write_run_meta
-from common.distributed import is_main_process, print0
+from common.distributed import print0
 from common.io import SkipLog
+from common.run_folder import claim_output_dir
 from reward.collator import RewardCollator
 from reward.config import RewardConfig, StageConfig
 from reward.data import eval_dataset, stage_dataset
@@ -152,7 +153,7 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
     args = cfg.for_stage(stage)  # built before the model: under ZeRO-3 it makes from_pretrained partition at load
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     model, processor = load_reward_model(init_path, dtype=dtype, head_seed=cfg.head_seed,
-                                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)  # fmt: skip
+                                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, new_head_ok=True)  # fmt: skip
     model.always_run_vision = True  # same collectives on every rank under ZeRO-3, text-only batches included
     apply_freezing(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
     if cfg.use_lora:
@@ -207,34 +208,23 @@ def stage_done(export: Path) -> bool:
     return is_reward_checkpoint(export) and (export / SUMMARY_FILE).is_file()
 
 
-# What a rerun into the same output_dir must share with the first run for its checkpoints and exports to be reused.
-RUN_IDENTITY = ("model_name_or_path", "stages", "eval_datasets", "head_seed", "min_pixels", "max_pixels", "max_length",
-                "long_pair_policy", "freeze_vision_tower", "freeze_merger", "freeze_language_model", "use_lora",
-                "lora_r", "lora_target_modules", "learning_rate", "num_train_epochs", "max_steps",
-                "per_device_train_batch_size", "gradient_accumulation_steps", "seed")  # fmt: skip
-
-
 def _claim_output_dir(cfg: RewardConfig) -> None:
-    """Refuse to resume into an output_dir that another run configuration wrote (its stages would be reused)."""
-    identity = {k: getattr(cfg, k) for k in RUN_IDENTITY}
-    path = Path(cfg.output_dir) / "run_identity.json"
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in identity if json.dumps(previous.get(k)) != json.dumps(identity[k]))
-        if changed:
-            raise ValueError(f"{cfg.output_dir} holds a run with different {changed}; rerunning there would reuse its "
-                             "checkpoints. Use a new output_dir, or delete that one.")  # fmt: skip
-    elif is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(identity, indent=2))
+    """Claim `output_dir` (`common.run_folder`): a rerun resumes only with the same settings and the same content of
+    the base model and every stage's and evaluation's data; anything else is refused, naming what changed."""
+    inputs = {"model": cfg.model_name_or_path}
+    for stage in cfg.stage_configs():
+        inputs.update({f"{stage.name} data {path}": path for path in stage.datasets})
+    inputs.update({f"eval data {path}": path for path in cfg.eval_datasets})
+    claim_output_dir(cfg.output_dir, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
 
 
 def train_reward_model(cfg: RewardConfig, callbacks=()) -> Path:
     """Run every stage of `cfg` (skipping finished ones, resuming the interrupted one); return the last export.
 
     Raises:
-        ValueError: the config is invalid (all problems listed), a stage has no usable pairs, or `output_dir` holds
-            a run of another configuration.
+        ValueError: the config is invalid (all problems listed), or a stage has no usable pairs.
+        common.run_folder.RunFolderError: `output_dir` holds a run of other settings or inputs (the message names
+            them; `overwrite_output_dir=True` starts over).
         common.schema.RecordError: a bad record with `on_bad_record="raise"`, naming the record and the field.
     """
     cfg.validate()

@@ -22,6 +22,15 @@ def tiny_vlm_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_reward_path(tiny_vlm_path, tmp_path_factory):
+    """The tiny VLM with a freshly initialised (seeded) value head, saved in the reward checkpoint format."""
+    from reward.model import load_reward_model, save_reward_model
+
+    model, processor = load_reward_model(tiny_vlm_path, new_head_ok=True)
+    return save_reward_model(model, processor, tmp_path_factory.mktemp("models") / "tiny-reward")
+
+
+@pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
     """A small toy task (8 train / 4 eval examples per kind) as `datasets` folders."""
     return write_toy_task(tmp_path_factory.mktemp("toy"), ToyTaskConfig(n_train=8, n_eval=4))

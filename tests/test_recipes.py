@@ -39,7 +39,7 @@ def test_make_tiny_model_and_toy_data(monkeypatch, tmp_path):
 
 
 def test_mpo_recipe_scores_the_policy_with_a_reward_model(monkeypatch, tmp_path, tiny_vlm_path, toy_data):
-    reward_path = save_reward_model(*load_reward_model(str(tiny_vlm_path)), tmp_path / "rm")
+    reward_path = save_reward_model(*load_reward_model(str(tiny_vlm_path), new_head_ok=True), tmp_path / "rm")
     config = tmp_path / "mpo.yaml"
     config.write_text(yaml.safe_dump({
         "use_cpu": True, "bf16": False, "per_device_train_batch_size": 4, "max_steps": 1, "learning_rate": 1e-3,

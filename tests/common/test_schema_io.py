@@ -35,8 +35,8 @@ def test_valid_record_is_normalised():
         ({"chosen": [{"role": "assistant", "content": "  "}]}, "chosen", "empty"),
         ({"rejected": "Blue."}, "rejected", "list of messages"),
         ({"images": []}, "images", "1 image placeholder(s) but 0 image(s)"),
-        ({"images": ["/no/such/file.png"]}, "images[0]", "cannot open image file"),
-        ({"images": [{"bytes": b"not a png at all", "path": None}]}, "images[0]", "cannot open image bytes"),
+        ({"images": ["/no/such/file.png"]}, "images[0]", "image file not found"),
+        ({"images": [{"bytes": b"not a png at all", "path": None}]}, "images[0]", "cannot decode image"),
         ({"images": [42]}, "images[0]", "expected a PIL image"),
         ({"id": 7}, "id", "non-empty string"),
         ({"margin": float("nan")}, "margin", "finite number"),
@@ -97,10 +97,11 @@ def test_jsonl_reader_resolves_relative_paths_and_skips_bad_records(tmp_path):
     with pytest.raises(RecordError, match=r"record 'p2' \(#1\), field 'images\[0\]'"):
         read_records(path)
     skipped = SkipLog()
-    ds = read_records(path, on_error="skip", skipped=skipped)
+    ds = read_records(path, on_bad_record="skip", skipped=skipped)
     assert ds["id"] == ["p1", "p4"]
     assert skipped.total == 3
-    assert skipped.counts["images: cannot open image file"] == 2
+    assert skipped.counts["images: cannot decode image"] == 1
+    assert skipped.counts["images: image file not found"] == 1
     assert skipped.counts["<line>: invalid JSON"] == 1
 
 

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
-
 from data_builders.sampling import Candidates, PromptTooLong
-
-
-@pytest.fixture(scope="session")
-def tiny_reward_path(tiny_vlm_path, tmp_path_factory):
-    """The tiny VLM with a freshly initialised (seeded) value head, saved in the reward checkpoint format."""
-    from reward.model import load_reward_model, save_reward_model
-
-    model, processor = load_reward_model(tiny_vlm_path)
-    return save_reward_model(model, processor, tmp_path_factory.mktemp("models") / "tiny-reward")
 
 
 class ChoiceSampler:

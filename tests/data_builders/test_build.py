@@ -99,7 +99,7 @@ def test_bad_records_are_counted_not_fatal(tmp_path):
     pairs = build_pairs(cfg, sampler=sampler, scorer=scorer)
     report = json.loads((pairs.parent / "report.json").read_text())
     assert report["prompts"]["skipped_at_read"]["by_reason"] == {
-        "question: expected a non-empty question string, got None": 1, "images: cannot open image file": 1,
+        "question: expected a non-empty question string, got None": 1, "images: image file not found": 1,
         "<line>: invalid JSON": 1}  # fmt: skip
     assert report["prompts"]["valid"] == 4 and report["prompts"]["processed"] == 4
     assert report["prompts"]["without_pairs"] == {"sampling failed: ValueError": 1, "scoring failed: ValueError": 1,
@@ -113,12 +113,12 @@ def test_output_dir_of_another_build_is_refused_unless_overwrite(toy_data, tmp_p
     first = build_pairs(cfg, sampler=ChoiceSampler(), scorer=HashScorer())
     first_seed = json.loads(read_records(first)[0]["meta"])["seed"]
     other = make_cfg(toy_data["prompts_eval"], tmp_path / "out", max_prompts=4, seed=1)
-    with pytest.raises(ValueError, match=r"different config \{'seed': \(0, 1\)\}"):
+    with pytest.raises(ValueError, match=r"config field seed: 0 -> 1"):
         build_pairs(other, sampler=ChoiceSampler(), scorer=HashScorer())
-    other.overwrite = True
+    other.overwrite_output_dir = True
     pairs = build_pairs(other, sampler=ChoiceSampler(), scorer=HashScorer())
     assert json.loads(read_records(pairs)[0]["meta"])["seed"] != first_seed  # rebuilt with the new seed
-    assert json.loads((pairs.parent / "build_config.json").read_text())["seed"] == 1
+    assert json.loads((pairs.parent / "run_config.json").read_text())["config"]["BuildPairsConfig"]["seed"] == 1
 
 
 def test_config_validation_names_every_problem():

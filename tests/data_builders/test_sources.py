@@ -59,11 +59,11 @@ def test_plain_jsonl_with_bad_records_counted(tmp_path):
     assert ds[0]["answer"] == "blue" and kinds(ds[0]) == ["image", "text"] and len(ds[0]["images"]) == 1
     assert ds[1]["images"] == [] and texts(ds[1]) == ["Two plus two?"]
     assert texts(ds[2]) == ["Tagged, no id"]
-    assert skipped.counts == {"images: cannot open image file": 1,
+    assert skipped.counts == {"images: image file not found": 1,
                               "question: expected a non-empty question string, got None": 1,
                               "<line>: invalid JSON": 1, "id: duplicate prompt id": 1}  # fmt: skip
-    with pytest.raises(RecordError, match=r"record 'q3' \(#2\), field 'images\[0\]': cannot open image"):
-        read_prompts(path, "plain", on_error="raise")
+    with pytest.raises(RecordError, match=r"record 'q3' \(#2\), field 'images\[0\]': image file not found"):
+        read_prompts(path, "plain", on_bad_record="raise")
     assert len(read_prompts(path, "plain", max_prompts=2, skipped=SkipLog())) == 2
 
 
@@ -78,7 +78,7 @@ def test_rlaif_v_parquet_auto(tmp_path):
     out = read_prompts(tmp_path / "rlaif.parquet", skipped=skipped)
     assert out["id"] == ["11"] and out[0]["source"] == "rlaif_v/OmniLMM" and kinds(out[0]) == ["image", "text"]
     assert isinstance(out[0]["images"][0], Image.Image) and out[0]["images"][0].size == (32, 32)
-    assert skipped.counts == {"images: cannot open image bytes": 1}
+    assert skipped.counts == {"images: cannot decode image": 1}
 
 
 def test_vlfeedback_jsonl_with_image_root(tmp_path):

@@ -24,13 +24,13 @@ class Probe(TrainerCallback):
     def __init__(self, out_dir: str):
         self.rank = int(os.environ.get("RANK", 0))
         self.path = Path(out_dir) / "probe" / f"rank{self.rank}.json"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records = json.loads(self.path.read_text()) if self.path.exists() else []
         self.kill_after = int(os.environ.get("MPO_TEST_KILL_AFTER_SAVE", 0))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.records.append({"step": state.global_step, **logs})
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # output_dir first (common.run_folder)
             self.path.write_text(json.dumps(self.records))
 
     def on_save(self, args, state, control, **kwargs):

@@ -46,9 +46,9 @@ def _predictions(out):
         ("mm_rewardbench", "mm_rewardbench.parquet", 6, "| model | overall |"),
     ],
 )
-def test_eval_cli_end_to_end(monkeypatch, tmp_path, tiny_vlm_path, benchmark, data, n, headline):
+def test_eval_cli_end_to_end(monkeypatch, tmp_path, tiny_reward_path, benchmark, data, n, headline):
     out = tmp_path / benchmark
-    _run(monkeypatch, "--model", tiny_vlm_path, "--benchmark", benchmark, "--data", FIXTURES / data,
+    _run(monkeypatch, "--model", tiny_reward_path, "--benchmark", benchmark, "--data", FIXTURES / data,
          "--output_dir", out)  # fmt: skip
     rows = _predictions(out)
     assert len(rows) == n
@@ -65,8 +65,8 @@ def test_eval_cli_end_to_end(monkeypatch, tmp_path, tiny_vlm_path, benchmark, da
     assert meta["EvalConfig"]["benchmark"] == benchmark and meta["ScorerConfig"]["group_aware"] is True
 
 
-def test_eval_cli_naive_path_gives_the_same_predictions_and_wandb_logs(monkeypatch, tmp_path, tiny_vlm_path):
-    args = ["--model", tiny_vlm_path, "--benchmark", "vl_rewardbench", "--data", FIXTURES / "vl_rewardbench.parquet"]
+def test_eval_cli_naive_path_gives_the_same_predictions_and_wandb_logs(monkeypatch, tmp_path, tiny_reward_path):
+    args = ["--model", tiny_reward_path, "--benchmark", "vl_rewardbench", "--data", FIXTURES / "vl_rewardbench.parquet"]
     _run(monkeypatch, *args, "--output_dir", tmp_path / "shared")
     monkeypatch.setenv("WANDB_MODE", "offline")
     _run(monkeypatch, *args, "--output_dir", tmp_path / "naive", "--group_aware", "false", "--report_to", "wandb")
@@ -76,28 +76,28 @@ def test_eval_cli_naive_path_gives_the_same_predictions_and_wandb_logs(monkeypat
     assert list((tmp_path / "naive" / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-def test_eval_cli_refuses_bad_config(monkeypatch, tmp_path, tiny_vlm_path):
+def test_eval_cli_refuses_bad_config(monkeypatch, tmp_path, tiny_reward_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
     with pytest.raises(ValueError) as err:
-        _run(monkeypatch, "--model", tiny_vlm_path, "--benchmark", "vlrb", "--data", tmp_path / "missing.jsonl",
+        _run(monkeypatch, "--model", tiny_reward_path, "--benchmark", "vlrb", "--data", tmp_path / "missing.jsonl",
              "--output_dir", out)  # fmt: skip
     message = str(err.value)
     assert "--benchmark 'vlrb'" in message and "no such file" in message and "--overwrite_output_dir" in message
 
 
-def test_eval_cli_skips_and_counts_rows_whose_image_is_missing(monkeypatch, tmp_path, tiny_vlm_path):
+def test_eval_cli_skips_and_counts_rows_whose_image_is_missing(monkeypatch, tmp_path, tiny_reward_path):
     rows = json.loads((FIXTURES / "mm_rewardbench.json").read_text())
     rows.append({**rows[0], "ID": "hateful_memes_9", "Image": "images/not_downloaded.png"})
     (tmp_path / "images").symlink_to(FIXTURES / "images")
     data = tmp_path / "all_data.json"
     data.write_text(json.dumps(rows))
-    args = ["--model", tiny_vlm_path, "--benchmark", "mm_rewardbench", "--data", data]
-    with pytest.raises(RecordError, match=r"'hateful_memes_9' \(#6\), field 'Image\[0\]': cannot open image file"):
+    args = ["--model", tiny_reward_path, "--benchmark", "mm_rewardbench", "--data", data]
+    with pytest.raises(RecordError, match=r"'hateful_memes_9' \(#6\), field 'Image\[0\]': image file not found"):
         _run(monkeypatch, *args, "--output_dir", tmp_path / "strict")
-    _run(monkeypatch, *args, "--output_dir", tmp_path / "out", "--on_error", "skip")
+    _run(monkeypatch, *args, "--output_dir", tmp_path / "out", "--on_bad_record", "skip")
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert report["n_examples"] == 6
-    assert report["skipped"]["by_reason"] == {"Image: cannot open image file": 1}
+    assert report["skipped"]["by_reason"] == {"Image: image file not found": 1}
     assert "1 skipped" in (tmp_path / "out" / "results.md").read_text()

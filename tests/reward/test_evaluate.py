@@ -237,7 +237,7 @@ def test_readers_name_the_bad_row_and_field(tmp_path):
         read_benchmark("rewardbench", path)
     path.write_text(json.dumps({"id": "v1", "query": "q", "response": ["a", "b"], "human_ranking": [0, 1],
                                 "image": "nope.png"}) + "\n")  # fmt: skip
-    with pytest.raises(RecordError, match=r"'v1' \(#0\), field 'image\[0\]': cannot open image file"):
+    with pytest.raises(RecordError, match=r"'v1' \(#0\), field 'image\[0\]': image file not found"):
         read_benchmark("vl_rewardbench", path)
     with pytest.raises(ValueError, match="unknown benchmark 'vlrb'"):
         read_benchmark("vlrb", path)

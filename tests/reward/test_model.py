@@ -22,7 +22,7 @@ def _encode(processor, records, side="right"):
 
 @pytest.fixture(scope="module")
 def reward_model(tiny_vlm_path):
-    return load_reward_model(tiny_vlm_path, head_seed=0)
+    return load_reward_model(tiny_vlm_path, head_seed=0, new_head_ok=True)
 
 
 def test_backbone_equals_vlm_after_load_and_reload(tiny_vlm_path, reward_model, toy_records, tmp_path):
@@ -62,9 +62,9 @@ def test_score_hidden_matches_forward(reward_model, toy_records):
 
 
 def test_head_init_is_seeded(tiny_vlm_path):
-    a, _ = load_reward_model(tiny_vlm_path, head_seed=1)
-    b, _ = load_reward_model(tiny_vlm_path, head_seed=1)
-    c, _ = load_reward_model(tiny_vlm_path, head_seed=2)
+    a, _ = load_reward_model(tiny_vlm_path, head_seed=1, new_head_ok=True)
+    b, _ = load_reward_model(tiny_vlm_path, head_seed=1, new_head_ok=True)
+    c, _ = load_reward_model(tiny_vlm_path, head_seed=2, new_head_ok=True)
     assert torch.equal(a.v_head.summary.weight, b.v_head.summary.weight)
     assert not torch.equal(a.v_head.summary.weight, c.v_head.summary.weight)
     assert a.v_head.dropout.p == 0.1 and a.v_head.summary.bias is not None
@@ -112,7 +112,7 @@ def test_qwen2_vl_backbone(tiny_vlm_path, tmp_path, toy_records):
 
     from reward.model import VLRewardModel
 
-    reference, processor = load_reward_model(tiny_vlm_path)
+    reference, processor = load_reward_model(tiny_vlm_path, new_head_ok=True)
     c = reference.config
     text = {k: v for k, v in c.text_config.to_dict().items() if k != "model_type"}
     vision = dict(depth=2, embed_dim=32, hidden_size=text["hidden_size"], num_heads=2, mlp_ratio=2)
@@ -140,7 +140,7 @@ def test_qwen2_vl_backbone(tiny_vlm_path, tmp_path, toy_records):
     Qwen2VLImageOnlyProcessor(processor.image_processor, processor.tokenizer, processor.chat_template).save_pretrained(
         tmp_path / "vlm"
     )
-    loaded, loaded_processor = load_reward_model(tmp_path / "vlm")
+    loaded, loaded_processor = load_reward_model(tmp_path / "vlm", new_head_ok=True)
     assert isinstance(loaded_processor, Qwen2VLImageOnlyProcessor)
     with torch.no_grad():
         assert torch.equal(loaded.model(**batch).last_hidden_state, vlm.model(**batch).last_hidden_state)

@@ -15,8 +15,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_vlm_path):
-    return RewardScorer.from_pretrained(str(tiny_vlm_path), device="cpu", progress=False)
+def scorer(tiny_reward_path):
+    return RewardScorer.from_pretrained(str(tiny_reward_path), device="cpu", progress=False)
 
 
 def _images(n):
@@ -105,11 +105,11 @@ def test_bad_groups_raise_clear_errors(scorer):
         scorer.config.max_length = None
 
 
-def test_bfloat16_scores_are_finite_and_close(tiny_vlm_path, scorer):
+def test_bfloat16_scores_are_finite_and_close(tiny_reward_path, scorer):
     groups = [_group(1, 4)]
     scorer.config.group_aware = True
     ref = scorer.score_groups(groups)
-    bf16 = RewardScorer.from_pretrained(str(tiny_vlm_path), device="cpu", dtype="bfloat16", progress=False)
+    bf16 = RewardScorer.from_pretrained(str(tiny_reward_path), device="cpu", dtype="bfloat16", progress=False)
     got = bf16.score_groups(groups)
     assert all(math.isfinite(x) for x in got[0])
     assert _max_diff(ref, got) < 0.1

@@ -64,7 +64,7 @@ def test_mixing_weights_scale_the_dataset(toy_data):
 
 
 def test_long_pairs_skip_or_truncate_response_never_image_tokens(tiny_vlm_path, toy_records):
-    processor = load_reward_model(tiny_vlm_path)[1]
+    processor = load_reward_model(tiny_vlm_path, new_head_ok=True)[1]
     image_pair = toy_records[0]
     assert image_pair["images"]
     lengths = pair_lengths(processor, image_pair)
@@ -96,26 +96,26 @@ def test_bad_records_raise_naming_the_record_or_are_counted(tiny_vlm_path, toy_r
     unreadable = dict(toy_records[0], id="no-image", images=["missing.png"])
     with open(path, "a") as f:
         f.write(json.dumps(unreadable) + "\n")
-    processor = load_reward_model(tiny_vlm_path)[1]
+    processor = load_reward_model(tiny_vlm_path, new_head_ok=True)[1]
     with pytest.raises(RecordError, match="'empty'.*'chosen'.*empty"):
         read_pairs(str(path), _config(tmp_path, tiny_vlm_path, [], on_bad_record="raise"), processor, SkipLog())
     skipped = SkipLog()
     ds = read_pairs(str(path), _config(tmp_path, tiny_vlm_path, [], on_bad_record="skip"), processor, skipped)
     assert len(ds) == 2 and dict(skipped.counts) == {"chosen: the response is empty": 1, "rejected: missing": 1,
-                                                     "images: cannot open image file": 1}  # fmt: skip
+                                                     "images: image file not found": 1}  # fmt: skip
 
 
 def test_pixel_bounds_limit_image_tokens(tiny_vlm_path, toy_records):
     image_pair = toy_records[0]  # a 112x112 image: 16 tokens within the tiny processor's default bounds
     for max_pixels, tokens in ((None, 16), (28 * 28 * 4, 4)):
-        processor = load_reward_model(tiny_vlm_path, max_pixels=max_pixels)[1]
+        processor = load_reward_model(tiny_vlm_path, max_pixels=max_pixels, new_head_ok=True)[1]
         batch = RewardCollator(processor, 512)([image_pair])
         n = (batch["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum().item()
         assert n == tokens and pair_lengths(processor, image_pair).chosen == batch["attention_mask"][0].sum().item()
 
 
 def test_margin_reaches_the_batch(tiny_vlm_path, toy_records):
-    processor = load_reward_model(tiny_vlm_path)[1]
+    processor = load_reward_model(tiny_vlm_path, new_head_ok=True)[1]
     batch = RewardCollator(processor, 512)([dict(toy_records[0], margin=0.5), dict(toy_records[1], margin=None)])
     assert batch["margin"].tolist() == [0.5, 0.0] and batch["input_ids"].shape[0] == 4  # [chosen; rejected]
 
@@ -135,7 +135,7 @@ def test_two_stages_freezing_resume_and_export(tiny_vlm_path, toy_data, tmp_path
     with pytest.raises(KeyboardInterrupt):
         train_reward_model(cfg, callbacks=[_Crash()])
     changed = _config(tmp_path, tiny_vlm_path, stages, eval_datasets=[str(toy_data["pairs_eval"])], seed=1)
-    with pytest.raises(ValueError, match=r"different \['seed'\]"):
+    with pytest.raises(ValueError, match=r"config field seed: 0 -> 1"):
         train_reward_model(changed)  # another configuration may not reuse this run's checkpoints
     export = train_reward_model(cfg)  # the same command again: resumes stage s1 from checkpoint-2
     s1 = json.loads((tmp_path / "run/s1/model" / SUMMARY_FILE).read_text())
@@ -171,7 +171,7 @@ def test_lora_trains_adapters_and_head_and_exports_merged(tiny_vlm_path, toy_dat
     assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])  # not adapted
     assert torch.equal(merged["visual.blocks.0.mlp.gate_proj.weight"], base["visual.blocks.0.mlp.gate_proj.weight"])
     model, processor = load_reward_model(export)
-    fresh, _ = load_reward_model(tiny_vlm_path, head_seed=0)
+    fresh, _ = load_reward_model(tiny_vlm_path, head_seed=0, new_head_ok=True)
     assert not torch.equal(model.v_head.summary.weight, fresh.v_head.summary.weight)  # the head trained in full
     metrics = pair_metrics(model, processor, read_records(toy_data["pairs_eval"]))
     assert metrics["loss"] == pytest.approx(summary["metrics"]["eval_loss"], abs=1e-5)

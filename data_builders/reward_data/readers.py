@@ -1,0 +1,298 @@
+"""Preference readers: public preference sets -> preference records (`common.schema`), streamed row by row.
+
+Files: `.jsonl`/`.json` (one row a line, or one array), `.parquet` (read in record batches), a folder of Parquet
+shards (a hub snapshot), or a `datasets` folder (memory-mapped). Images: embedded `{"bytes", "path"}`, or paths
+relative to `image_root`, which is a folder, a `.zip` or a `.tar` (members read without extracting); the default is
+the file's folder. Every image comes out as `{"bytes", "path"}` so the chunks embed it.
+
+Formats (`SourceSpec.format`) and their `options`:
+
+* ``rlaif_v``: openbmb/RLAIF-V-Dataset: `question`, `chosen`, `rejected`, `image` (`{"bytes", "path"}`) or
+  `image_path`, `idx`, `ds_name`/`origin_dataset`.
+* ``vlfeedback``: MMInstruction/VLFeedback: `id`, `prompt`, `img_path`, `completions` = [{`model`, `response`,
+  `annotations`: {aspect: {`Rating`, `Rationale`}}}]. Each completion's rating is the mean over `aspects` (default
+  all three: Helpfulness, Visual Faithfulness, Ethical Considerations); pairs are `pairs: best_vs_worst` (default)
+  or `all` pairs whose rating gap is at least `min_gap` (default 1).
+* ``llava_critic``: lmms-lab/LLaVA-Critic-113k, `pairwise` subset: `id`, `image`, `conversations` = [{from: human,
+  value: judge prompt}, {from: gpt, value: judgement}]. The judge prompt holds the question after `[Question]` and
+  the two answers between `[The Start of Assistant 1's Answer]` / `[The End of Assistant 1's Answer]` markers
+  (`Answer 1`, `Response 1`, `A`/`B` accepted); the judgement names the better one (`Answer 1 is better`,
+  `[[A]]`...). Ties and judgements that cannot be parsed are counted, never guessed.
+* ``skywork``: Skywork/Skywork-Reward-Preference-80K: `chosen`/`rejected` message lists sharing the prompt
+  turns, the last message the assistant's answer; text only.
+* ``mmpr``: OpenGVLab/MMPR: `path` is its `meta.json` ({name: {`root`, `annotation`, ...}}), each annotation a
+  JSONL of `image` (path or list under `root`), `question` (`<image>` tags), `chosen`, `rejected`.
+* ``mapping``: any table; `options.columns` maps record fields to its columns, e.g. `{prompt: question, chosen:
+  good, rejected: bad, images: img, id: uid, chosen_rating: score_a, rejected_rating: score_b}` (ratings optional:
+  equal ones make the pair ambiguous); a prompt column may hold a string or messages.
+* ``preference``: our own records (`id`, `prompt`, `chosen`, `rejected`, `images`).
+
+A row that cannot be converted raises `RecordError` (its `reason` is counted by the job); one row may give several
+pairs (VLFeedback with `pairs: all`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from common.io import iter_raw_rows
+from common.schema import RecordError
+from data_builders.sources import as_list, first_of, user_messages
+
+FORMATS = ("rlaif_v", "vlfeedback", "llava_critic", "skywork", "mmpr", "mapping", "preference")
+VLFEEDBACK_ASPECTS = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
+
+
+class ImageResolver:
+    """Turns a row's image (bytes dict, or a path under a folder, `.zip` or `.tar`) into `{"bytes", "path"}`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._zip = zipfile.ZipFile(self.root) if self.root.suffix == ".zip" else None
+        self._tar = tarfile.open(self.root) if self.root.is_file() and ".tar" in self.root.name else None
+        self._members = {m.name.lstrip("./"): m for m in self._tar.getmembers()} if self._tar else None
+
+    def __call__(self, image: Any, ref: str, field: str) -> dict:
+        if isinstance(image, Mapping) and image.get("bytes"):
+            return {"bytes": bytes(image["bytes"]), "path": image.get("path")}
+        path = image.get("path") if isinstance(image, Mapping) else image
+        if not isinstance(path, str) or not path:
+            raise RecordError(ref, field, f"expected image bytes or a path, got {type(image).__name__}")
+        try:
+            return {"bytes": self._read(path), "path": Path(path).name}
+        except (OSError, KeyError) as e:
+            raise RecordError(ref, field, "cannot open image file", f"{path!r} in {self.root}: {e}") from e
+
+    def _read(self, path: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(path.lstrip("./"))
+        if self._tar is not None:
+            member = self._tar.extractfile(self._members[path.lstrip("./")])
+            if member is None:
+                raise KeyError(f"{path} is not a file")
+            return member.read()
+        return (self.root / path if not Path(path).is_absolute() else Path(path)).read_bytes()
+
+
+def _parquet_rows(path: Path) -> Iterator[dict]:
+    """Rows of a Parquet file in record batches (no Arrow cache copy; memory bounded by one batch)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+        yield from batch.to_pylist()
+
+
+def iter_table(path: str | Path) -> Iterator[dict]:
+    """Rows of a JSONL/JSON/Parquet file, a folder of Parquet shards or a `datasets` folder (images undecoded).
+
+    A `.json` file holding one array is loaded whole (the one format that cannot stream); otherwise one row a line.
+    """
+    path = Path(path)
+    if path.suffix == ".json" and path.is_file():
+        with open(path) as f:
+            head = f.read(1024).lstrip()[:1]
+        if head == "[":
+            yield from json.loads(path.read_text())
+            return
+    if path.suffix == ".parquet":
+        yield from _parquet_rows(path)
+        return
+    if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
+        shards = sorted(path.rglob("*.parquet"))
+        if not shards:
+            raise FileNotFoundError(f"{path}: neither a datasets folder nor a folder of .parquet files")
+        for shard in shards:
+            yield from _parquet_rows(shard)
+        return
+    yield from iter_raw_rows(path)
+
+
+def _text(value: Any, ref: str, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(ref, field, "the response is empty" if isinstance(value, str) else
+                          f"expected a string, got {type(value).__name__}")  # fmt: skip
+    return value.strip()
+
+
+def _pair(prompt: list[dict], images: list, chosen: str, rejected: str, **meta: Any) -> dict:
+    return {"prompt": prompt, "images": images, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "meta": {k: v for k, v in meta.items() if v is not None}}  # fmt: skip
+
+
+def _question_pair(row: Mapping, ref: str, images: list, question_key: str, resolve: ImageResolver, **meta) -> dict:
+    images = [resolve(im, ref, f"image[{i}]") for i, im in enumerate(images)]
+    prompt = user_messages(row.get(question_key), len(images), ref, question_key)
+    return _pair(prompt, images, _text(row.get("chosen"), ref, "chosen"), _text(row.get("rejected"), ref, "rejected"),
+                 **meta)  # fmt: skip
+
+
+def _rlaif_v(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
+    image = row.get("image") if row.get("image") is not None else row.get("image_path")
+    return [_question_pair(row, ref, as_list(image), "question", resolve, original_id=first_of(row, ("idx", "id")),
+                           origin=row.get("ds_name") or row.get("origin_dataset"))]  # fmt: skip
+
+
+def _rating(completion: Mapping, aspects: tuple[str, ...], ref: str, k: int) -> float:
+    annotations = completion.get("annotations") if isinstance(completion, Mapping) else None
+    if not isinstance(annotations, Mapping):
+        raise RecordError(ref, f"completions[{k}].annotations", "missing")
+    values = []
+    for aspect in aspects:
+        rating = (annotations.get(aspect) or {}).get("Rating")
+        try:
+            values.append(float(rating))
+        except (TypeError, ValueError) as e:
+            raise RecordError(ref, f"completions[{k}].annotations", f"unparsable {aspect} rating",
+                              repr(rating)) from e  # fmt: skip
+    return sum(values) / len(values)
+
+
+def _vlfeedback(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
+    aspects = tuple(opts.get("aspects", VLFEEDBACK_ASPECTS))
+    min_gap, mode = float(opts.get("min_gap", 1.0)), opts.get("pairs", "best_vs_worst")
+    completions = row.get("completions")
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise RecordError(ref, "completions", "fewer than two completions")
+    rated = [(_rating(c, aspects, ref, k), _text(c.get("response"), ref, f"completions[{k}].response"), c.get("model"))
+             for k, c in enumerate(completions)]  # fmt: skip
+    order = sorted(range(len(rated)), key=lambda k: -rated[k][0])  # stable: ties keep file order
+    if mode == "best_vs_worst":
+        candidates = [(order[0], order[-1])]
+    else:
+        candidates = [(a, b) for i, a in enumerate(order) for b in order[i + 1 :]]
+    pairs = [(a, b) for a, b in candidates if rated[a][0] - rated[b][0] >= min_gap and rated[a][0] > rated[b][0]]
+    if not pairs:
+        problem = "all ratings equal" if rated[order[0]][0] == rated[order[-1]][0] else f"no rating gap >= {min_gap}"
+        raise RecordError(ref, "completions", problem)
+    images = [resolve(im, ref, "img_path") for im in as_list(row.get("img_path"))]
+    prompt = user_messages(row.get("prompt"), len(images), ref, "prompt")
+    return [_pair(prompt, images, rated[a][1], rated[b][1], original_id=row.get("id"), chosen_rating=rated[a][0],
+                  rejected_rating=rated[b][0], chosen_model=rated[a][2], rejected_model=rated[b][2])
+            for a, b in pairs]  # fmt: skip
+
+
+_ANSWER = r"(?:Assistant|Answer|Response)?\s*{k}(?:'s)?\s*(?:Answer|Response)?"
+_QUESTION = re.compile(r"\[Question\]\s*(.*?)\s*\[The Start of", re.S)
+_VERDICT = re.compile(r"\b(?:Answer|Response|Assistant)\s*(1|2|A|B)\b(?:'s answer)?\s+is\s+(?:better|preferred|superior)"
+                      r"|\[\[(A|B)\]\]", re.I)  # fmt: skip
+_TIE = re.compile(r"\b(?:equally (?:good|bad|helpful)|a tie|tie\b)|\[\[C\]\]", re.I)
+
+
+def _critic_answer(prompt: str, k: str, ref: str) -> str:
+    ids = {"1": "(?:1|A)", "2": "(?:2|B)"}[k]
+    start, end = (rf"\[The {w} of {_ANSWER.format(k=ids)}\]" for w in ("Start", "End"))
+    m = re.search(start + r"\s*(.*?)\s*" + end, prompt, re.S | re.I)
+    if not m:
+        raise RecordError(ref, "conversations", f"answer {k} not found in the judge prompt")
+    return _text(m.group(1), ref, f"answer {k}")
+
+
+def _llava_critic(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
+    conv = row.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 2 or not all(isinstance(t, Mapping) for t in conv):
+        raise RecordError(ref, "conversations", "expected a human turn and a gpt turn")
+    prompt, judgement = str(conv[0].get("value") or ""), str(conv[-1].get("value") or "")
+    question = _QUESTION.search(prompt)
+    if not question or not question.group(1).replace("<image>", "").strip():
+        raise RecordError(ref, "conversations", "no [Question] in the judge prompt")
+    answers = {k: _critic_answer(prompt, k, ref) for k in ("1", "2")}
+    verdicts = {
+        ("1" if (m.group(1) or m.group(2)).upper() in ("1", "A") else "2") for m in _VERDICT.finditer(judgement)
+    }
+    if not verdicts and _TIE.search(judgement):
+        raise RecordError(ref, "conversations", "the judgement is a tie")
+    if len(verdicts) != 1:
+        raise RecordError(
+            ref, "conversations", "no verdict in the judgement" if not verdicts else "conflicting verdicts"
+        )
+    better = verdicts.pop()
+    images = [resolve(im, ref, "image") for im in as_list(row.get("image"))]
+    messages = user_messages(question.group(1), len(images), ref, "conversations")
+    return [_pair(messages, images, answers[better], answers["2" if better == "1" else "1"], original_id=row.get("id"),
+                  origin=row.get("source"))]  # fmt: skip
+
+
+def _skywork(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
+    turns = {}
+    for key in ("chosen", "rejected"):
+        msgs = row.get(key)
+        if not isinstance(msgs, list) or len(msgs) < 2 or not all(isinstance(m, Mapping) for m in msgs):
+            raise RecordError(ref, key, "expected a list of at least two messages")
+        if msgs[-1].get("role") != "assistant":
+            raise RecordError(ref, key, "the last message is not the assistant's")
+        turns[key] = msgs
+    prompt = [{"role": m.get("role"), "content": m.get("content")} for m in turns["chosen"][:-1]]
+    if prompt != [{"role": m.get("role"), "content": m.get("content")} for m in turns["rejected"][:-1]]:
+        raise RecordError(ref, "rejected", "its prompt turns differ from chosen's")
+    return [_pair(prompt, [], _text(turns["chosen"][-1].get("content"), ref, "chosen"),
+                  _text(turns["rejected"][-1].get("content"), ref, "rejected"), origin=row.get("source"))]  # fmt: skip
+
+
+def _mmpr(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
+    return [_question_pair(row, ref, as_list(row.get("image")), "question", resolve, original_id=row.get("id"),
+                           origin=opts.get("_subset"))]  # fmt: skip
+
+
+def _mapping(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
+    cols = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "images": "images", "id": "id",
+            **(opts.get("columns") or {})}  # fmt: skip
+    images = [resolve(im, ref, cols["images"]) for im in as_list(row.get(cols["images"]))]
+    prompt = row.get(cols["prompt"])
+    if not isinstance(prompt, list):
+        prompt = user_messages(prompt, len(images), ref, cols["prompt"])
+    responses = {}
+    for key in ("chosen", "rejected"):
+        value = row.get(cols[key])
+        responses[key] = value[-1].get("content") if isinstance(value, list) and value else value
+    ratings = {k: row.get(cols[k]) for k in ("chosen_rating", "rejected_rating") if k in cols}
+    return [_pair(prompt, images, _text(responses["chosen"], ref, cols["chosen"]),
+                  _text(responses["rejected"], ref, cols["rejected"]), original_id=row.get(cols["id"]), **ratings)]  # fmt: skip
+
+
+def _preference(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
+    images = [resolve(im, ref, f"images[{i}]") for i, im in enumerate(as_list(row.get("images")))]
+    return [{"prompt": row.get("prompt"), "images": images, "chosen": row.get("chosen"), "rejected": row.get("rejected"),
+             "meta": {"original_id": row.get("id")}}]  # fmt: skip
+
+
+CONVERTERS: dict[str, Callable[[Mapping, str, ImageResolver, Mapping], list[dict]]] = {
+    "rlaif_v": _rlaif_v, "vlfeedback": _vlfeedback, "llava_critic": _llava_critic, "skywork": _skywork,
+    "mmpr": _mmpr, "mapping": _mapping, "preference": _preference,
+}  # fmt: skip
+
+
+def _mmpr_tables(meta_path: Path, image_root: str | None) -> Iterator[tuple[str, Path, Path]]:
+    """(subset name, annotation JSONL, image root) for every entry of MMPR's `meta.json`."""
+    meta = json.loads(meta_path.read_text())
+    for name, entry in meta.items():
+        resolve = lambda p: Path(p) if Path(p).is_absolute() else meta_path.parent / p  # noqa: E731
+        root = Path(image_root) / entry["root"] if image_root else resolve(entry["root"])
+        yield name, resolve(entry["annotation"]), root
+
+
+def iter_source_rows(fmt: str, path: str | Path, image_root: str | None = None) -> Iterator[tuple[dict, Callable]]:
+    """(raw row, converter bound to its image resolver and options) for every row of a source, in file order."""
+    path = Path(path)
+    if fmt == "mmpr":
+        for name, annotation, root in _mmpr_tables(path, image_root):
+            convert = _bind(fmt, ImageResolver(root), {"_subset": name})
+            for row in iter_table(annotation):
+                yield row, convert
+        return
+    convert = _bind(fmt, ImageResolver(image_root or (path if path.is_dir() else path.parent)), {})
+    for row in iter_table(path):
+        yield row, convert
+
+
+def _bind(fmt: str, resolver: ImageResolver, extra: Mapping) -> Callable:
+    def convert(row: Mapping, ref: str, options: Mapping) -> list[dict]:
+        return CONVERTERS[fmt](row, ref, resolver, {**options, **extra})
+
+    return convert
