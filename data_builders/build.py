@@ -46,7 +46,7 @@ from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
 from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_stats, new_stats, write_report
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed, resolve_device
-from data_builders.scoring import make_scorer
+from data_builders.scoring import make_remote_scorer, make_scorer
 from data_builders.sources import read_prompts
 
 SAMPLING_FAILED = "sampling failed"
@@ -213,6 +213,8 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
         device = str(resolve_device(cfg.device))
         sampler = sampler or make_sampler(cfg.backend, cfg.policy_name_or_path, cfg.dtype, device, cfg.min_pixels,
                                           cfg.max_pixels, cfg.max_prompt_tokens)  # fmt: skip
+        if scorer is None and cfg.reward_url:
+            scorer = make_remote_scorer(cfg.reward_url, cfg.score_batch_size)
         scorer = scorer or make_scorer(cfg.reward_model_name_or_path, cfg.dtype, device, cfg.score_batch_size,
                                        cfg.min_pixels, cfg.max_pixels)  # fmt: skip
     bar = tqdm(total=sum(size(c) for c in mine), initial=sum(size(c) for c in mine if c not in todo), unit="prompt",

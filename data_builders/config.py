@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from common.config_checks import model_path_problems, output_dir_problems, raise_problems
 from data_builders.pairing import RULES
 from data_builders.sampling import SamplingParams
 from data_builders.sources import FORMATS
@@ -35,6 +36,10 @@ class BuildPairsConfig:
     policy_name_or_path: str = field(default=None, metadata={"help": "Policy VLM folder that samples the responses."})
     reward_model_name_or_path: str = field(
         default=None, metadata={"help": "Reward model folder (ours or Skywork-VL-Reward format) that scores them."}
+    )
+    reward_url: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reward server URL(s) (recipes/serve_reward.py) to score with instead of loading the model."},
     )
     # > sampling
     backend: str = field(default="hf", metadata={"help": "Sampling backend: 'hf' (transformers) or 'vllm' (GPU)."})
@@ -82,10 +87,11 @@ class BuildPairsConfig:
 
     def validate(self) -> None:
         """Check every field at once; raise one ValueError listing all problems and their fixes."""
-        problems = []
-        for name in ("prompts", "policy_name_or_path", "reward_model_name_or_path", "output_dir"):
-            if not getattr(self, name):
-                problems.append(f"{name} is required (--{name} ...)")
+        problems = [] if self.prompts else ["prompts is required (--prompts ...)"]
+        problems += model_path_problems(self.policy_name_or_path, "policy_name_or_path")
+        if not self.reward_url:  # with reward_url a reward server scores: no local model is read
+            problems += model_path_problems(self.reward_model_name_or_path, "reward_model_name_or_path")
+        problems += output_dir_problems(self.output_dir)
         choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"), "on_bad_record": ("raise", "skip"),
                    "report_to": ("none", "wandb"), "dtype": ("float32", "bfloat16", "float16")}  # fmt: skip
         for name, allowed in choices.items():
@@ -100,5 +106,4 @@ class BuildPairsConfig:
             self.sampling_params()
         except ValueError as e:
             problems.append(str(e))
-        if problems:
-            raise ValueError("invalid BuildPairsConfig:\n  - " + "\n  - ".join(problems))
+        raise_problems("BuildPairsConfig", problems)

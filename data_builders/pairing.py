@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.record_checks import response_key
 from common.toy_task import is_correct
 
 RULES = ("best_vs_worst", "all_pairs", "correctness")
@@ -72,7 +73,7 @@ def clean_candidates(responses: Sequence[str], scores: Sequence[float]) -> tuple
         raise ValueError(f"{len(responses)} responses but {len(scores)} scores")
     kept, seen, dropped = [], set(), Counter()
     for i, (text, score) in enumerate(zip(responses, scores)):
-        key = text.strip()
+        key = response_key(text)
         if not key:
             dropped[EMPTY_RESPONSE] += 1
         elif not math.isfinite(score):

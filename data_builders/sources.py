@@ -31,6 +31,7 @@ from typing import Any
 from datasets import Dataset
 
 from common.io import SkipLog, iter_raw_rows, read_records, records_to_dataset, validate_rows
+from common.record_checks import repeated_ids
 from common.schema import RecordError, record_ref, validate_prompt_record
 
 FORMATS = ("auto", "prompt", "plain", "rlaif_v", "vlfeedback", "mmpr", "vl_rewardbench")
@@ -173,15 +174,14 @@ def read_prompts(
 
 def _dedupe(ds: Dataset, skipped: SkipLog, on_bad_record: str, max_prompts: int | None) -> Dataset:
     """Drop records whose id was seen before (pair ids and resume bookkeeping rely on unique prompt ids)."""
-    seen, keep = set(), []
-    for i, rid in enumerate(ds["id"] if len(ds) else []):
-        if rid in seen:
-            if on_bad_record == "raise":
-                raise RecordError(f"{rid!r} (#{i})", "id", "duplicate prompt id")
-            skipped.add("id: duplicate prompt id", f"record {rid!r} (#{i}), field 'id': duplicate prompt id")
-        else:
-            seen.add(rid)
-            keep.append(i)
+    ids = ds["id"] if len(ds) else []
+    repeated = repeated_ids(ids)
+    for i in repeated:
+        error = RecordError(f"{ids[i]!r} (#{i})", "id", "duplicate prompt id")
+        if on_bad_record == "raise":
+            raise error
+        skipped.add(error.reason, str(error))
+    keep = sorted(set(range(len(ids))) - set(repeated))
     if max_prompts is not None:
         keep = keep[:max_prompts]
     return ds if len(keep) == len(ds) else ds.select(keep)

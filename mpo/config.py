@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from trl import DPOConfig
+
+from common.config_checks import model_path_problems, output_dir_problems, raise_problems
 
 MPO_LOSS_TYPES = ["sigmoid", "bco_pair", "sft"]
 
@@ -16,8 +19,9 @@ class MPOConfig(DPOConfig):
 
     The MPO loss is `loss_weights[0] * DPO (sigmoid) + loss_weights[1] * BCO (with the running reward shift delta)
     + loss_weights[2] * SFT`, defaults 0.8 / 0.2 / 1.0 and `beta` 0.1 (InternVL's MPO). TRL's `bco_pair` has no
-    delta; ours follows the paper (see `mpo.loss`). Reference log-probs are always precomputed once (cached beside
-    the dataset, keyed by dataset and reference model), so no reference model is held during training.
+    delta; ours follows the paper (see `mpo.loss`). Reference log-probs are always precomputed once (cached under
+    `ref_logps_dir`, default `<output_dir>/ref_logps`, keyed by dataset and reference model), so no reference model
+    is held during training.
 
     > Model and data
 
@@ -63,7 +67,10 @@ class MPOConfig(DPOConfig):
     )
     ref_logps_dir: str | None = field(
         default=None,
-        metadata={"help": "Where the precomputed reference log-probs are cached; default: '<train_data>.ref_logps'."},
+        metadata={
+            "help": "Where the precomputed reference log-probs are cached; default '<output_dir>/ref_logps'. Point "
+            "several runs on the same data and reference at one folder to compute them once."
+        },
     )
     ref_batch_size: int = field(default=4, metadata={"help": "Pairs per forward in the reference log-prob pass."})
 
@@ -102,21 +109,32 @@ class MPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        self._output_dir_given = self.output_dir  # TrainingArguments would fall back to ./trainer_output
         super().__post_init__()
         if self.resume_from_checkpoint in ("true", "True"):
             self.resume_from_checkpoint = True
+        if self.ref_logps_dir is None and self._output_dir_given:
+            self.ref_logps_dir = str(Path(self.output_dir) / "ref_logps")  # never beside the (maybe read-only) data
 
     def validate(self) -> None:
         """Check everything that can be checked before loading anything; one error lists every problem."""
-        problems = []
-        if not self.model_name_or_path:
-            problems.append("model_name_or_path: required (the policy folder or hub id)")
+        problems = output_dir_problems(self._output_dir_given)
+        problems += model_path_problems(self.model_name_or_path, "model_name_or_path")
+        problems += model_path_problems(self.ref_model_name_or_path, "ref_model_name_or_path", required=False)
         if not self.train_data:
             problems.append("train_data: required (preference records in the toolkit schema)")
+        elif not Path(self.train_data).exists():
+            problems.append(f"train_data: {self.train_data!r} does not exist")
         if list(self.loss_type) != MPO_LOSS_TYPES:
             problems.append(f"loss_type: MPO needs {MPO_LOSS_TYPES}, got {self.loss_type}")
         if self.loss_weights is None or len(self.loss_weights) != 3:
             problems.append(f"loss_weights: three weights (DPO, BCO, SFT) needed, got {self.loss_weights}")
+        elif any(w < 0 for w in self.loss_weights) or not any(w > 0 for w in self.loss_weights):
+            problems.append(f"loss_weights: each must be >= 0 and one > 0, got {self.loss_weights}")
+        if not self.beta > 0:
+            problems.append(f"beta: must be > 0 (it scales the log-ratios; MPO uses 0.1), got {self.beta}")
+        if self.label_smoothing != 0:
+            problems.append(f"label_smoothing: the MPO loss has none, leave it at 0 (got {self.label_smoothing})")
         if not self.precompute_ref_log_probs:
             problems.append("precompute_ref_log_probs: must be true (MPOTrainer holds no reference model)")
         if self.on_bad_record not in ("raise", "skip"):
@@ -133,5 +151,4 @@ class MPOConfig(DPOConfig):
                 problems.append(f"{name}: not supported by MPOTrainer, leave it at {default!r} (got {value!r})")
         if self.use_lora and self.freeze_language_model:
             problems.append("freeze_language_model: LoRA already freezes the base weights; set one of the two")
-        if problems:
-            raise ValueError("invalid MPO config:\n  " + "\n  ".join(problems))
+        raise_problems("MPO config", problems)

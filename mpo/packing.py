@@ -54,8 +54,9 @@ def render_pair(example: dict[str, Any], processor: ProcessorMixin) -> tuple[str
 class PairCollator:
     """Collate preference records into prompt (with images, processed once per pair) and the two responses.
 
-    Truncation never cuts the prompt (where the image tokens are): the responses are cut so that prompt plus
-    response fit in `max_length`. A prompt that alone leaves no room raises, naming the record.
+    Truncation never cuts the prompt (where the image tokens are): the response ids are cut so that prompt plus
+    response fit in `max_length` (so memory is bounded by it), and `chosen_truncated` / `rejected_truncated` (bool,
+    one per pair) say which were cut. A prompt that alone leaves no room raises, naming the record.
     """
 
     processor: ProcessorMixin
@@ -73,30 +74,25 @@ class PairCollator:
             add_special_tokens=False,
         )
         tokenizer = self.processor.tokenizer
-        kw = dict(padding=True, padding_side="right", return_tensors="pt", add_special_tokens=False)
-        chosen, rejected = tokenizer([t[1] for t in texts], **kw), tokenizer([t[2] for t in texts], **kw)
-        chosen_mask, rejected_mask = chosen["attention_mask"], rejected["attention_mask"]
-        if self.max_length is not None:
-            prompt_lengths = prompt["attention_mask"].sum(1)
-            for i, n in enumerate(prompt_lengths.tolist()):
-                if n >= self.max_length:
-                    n_image = int((prompt["mm_token_type_ids"][i] == 1).sum()) if "mm_token_type_ids" in prompt else 0
-                    raise ValueError(
-                        f"record {examples[i].get('id', f'#{i}')!r}, field 'prompt': the prompt is {n} tokens "
-                        f"({n_image} of them image tokens) and max_length is {self.max_length}; the prompt is never "
-                        "truncated (it holds the image tokens). Raise max_length or lower max_pixels."
-                    )
-            room = (self.max_length - prompt_lengths).unsqueeze(1)
-            positions = torch.arange(max(chosen_mask.size(1), rejected_mask.size(1))).unsqueeze(0)
-            chosen_mask = chosen_mask * (positions[:, : chosen_mask.size(1)] < room)
-            rejected_mask = rejected_mask * (positions[:, : rejected_mask.size(1)] < room)
+        chosen = tokenizer([t[1] for t in texts], add_special_tokens=False)["input_ids"]
+        rejected = tokenizer([t[2] for t in texts], add_special_tokens=False)["input_ids"]
+        room = self._room(prompt, examples)
+        # Cut the ids themselves (not only the mask): the packed rows, and their L x L attention mask, are then
+        # bounded by max_length whatever the response length.
+        chosen_truncated = torch.tensor([r is not None and len(ids) > r for ids, r in zip(chosen, room)])
+        rejected_truncated = torch.tensor([r is not None and len(ids) > r for ids, r in zip(rejected, room)])
+        pad = dict(padding=True, padding_side="right", return_tensors="pt")
+        chosen = tokenizer.pad({"input_ids": [ids[:r] for ids, r in zip(chosen, room)]}, **pad)
+        rejected = tokenizer.pad({"input_ids": [ids[:r] for ids, r in zip(rejected, room)]}, **pad)
         out = {
             "prompt_input_ids": prompt["input_ids"],
             "prompt_attention_mask": prompt["attention_mask"],
             "chosen_input_ids": chosen["input_ids"],
-            "chosen_attention_mask": chosen_mask,
+            "chosen_attention_mask": chosen["attention_mask"],
             "rejected_input_ids": rejected["input_ids"],
-            "rejected_attention_mask": rejected_mask,
+            "rejected_attention_mask": rejected["attention_mask"],
+            "chosen_truncated": chosen_truncated,
+            "rejected_truncated": rejected_truncated,
         }
         if "mm_token_type_ids" in prompt:
             out["prompt_mm_token_type_ids"] = prompt["mm_token_type_ids"]
@@ -107,6 +103,21 @@ class PairCollator:
             if key in examples[0]:
                 out[key] = torch.tensor([ex[key] for ex in examples], dtype=torch.float32)
         return out
+
+    def _room(self, prompt, examples: list[dict[str, Any]]) -> list[int | None]:
+        """Response tokens each row may keep: `max_length` minus its prompt (None: no limit)."""
+        prompt_lengths = prompt["attention_mask"].sum(1).tolist()
+        if self.max_length is None:
+            return [None] * len(prompt_lengths)
+        for i, n in enumerate(prompt_lengths):
+            if n >= self.max_length:
+                n_image = int((prompt["mm_token_type_ids"][i] == 1).sum()) if "mm_token_type_ids" in prompt else 0
+                raise ValueError(
+                    f"record {examples[i].get('id', f'#{i}')!r}, field 'prompt': the prompt is {n} tokens "
+                    f"({n_image} of them image tokens) and max_length is {self.max_length}; the prompt is never "
+                    "truncated (it holds the image tokens). Raise max_length or lower max_pixels."
+                )
+        return [self.max_length - n for n in prompt_lengths]
 
 
 @dataclass

@@ -1,10 +1,12 @@
-"""Reference log-probs computed once, sharded across ranks, cached beside the dataset.
+"""Reference log-probs computed once, sharded across ranks, cached in a folder of the run's choosing.
 
 TRL refuses `precompute_ref_log_probs` for image datasets, so image DPO pays a reference forward and holds a second
 model on every step. Here one pass (each rank takes every `world_size`-th pair, packed so each image is encoded once)
-writes `<train_data>.ref_logps/<key>.parquet`. The key hashes everything the numbers depend on: the dataset's files
-and record ids, the reference model's files, the processor's image bounds and chat template, `max_length`, the dtype
-and the packing format. Change any of them and the pass runs again; otherwise training starts at once.
+writes `<cache_dir>/<key>.parquet` (the MPO job's default: `<output_dir>/ref_logps`, so read-only data works). The key
+hashes everything the numbers depend on: the dataset's files and record ids, the reference model's files, the
+processor's image bounds and chat template, `max_length`, the dtype and the packing format. Change any of them and
+the pass runs again; otherwise training starts at once. The pass uses the training collator, so it scores exactly
+the tokens training scores (responses cut to `max_length`); the cache also records which responses were cut.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import torch.distributed as dist
 from datasets import Dataset
 from transformers import AutoModelForImageTextToText, ProcessorMixin
 
+from common.distributed import print0
 from common.io import atomic_tmp_path
 from mpo.packing import PairCollator, ensure_fused_lm_head, pair_logps
 
-FORMAT_VERSION = 1  # bump when the packed forward or the stored columns change
+FORMAT_VERSION = 2  # bump when the packed forward or the stored columns change
 
 
 def hash_path(path: str | os.PathLike) -> str:
@@ -68,11 +71,6 @@ def ref_logps_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def default_cache_dir(data_path: str | os.PathLike) -> Path:
-    data_path = Path(data_path)
-    return data_path.with_name(data_path.name + ".ref_logps")
-
-
 @contextlib.contextmanager
 def without_zero3_init():
     """Load and run a full (unpartitioned) model even when a ZeRO-3 config is active: HF would wrap
@@ -103,8 +101,9 @@ def compute_ref_logps(
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
-) -> dict[int, tuple[float, float]]:
-    """This rank's shard (every `world_size`-th pair from `rank`): {index: (ref chosen, ref rejected)}."""
+) -> dict[int, tuple[float, float, bool, bool]]:
+    """This rank's shard (every `world_size`-th pair from `rank`):
+    {index: (ref chosen, ref rejected, chosen was cut, rejected was cut)}."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     rope_index = model.model.get_rope_index
@@ -113,10 +112,11 @@ def compute_ref_logps(
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
         batch = collator([dataset[i] for i in idx])
+        cut = zip(batch["chosen_truncated"].tolist(), batch["rejected_truncated"].tolist())
         batch = {k: v.to(device) for k, v in batch.items()}
         logps = pair_logps(model, batch, rope_index, dtype)
-        for i, c, r in zip(idx, logps.chosen.float().tolist(), logps.rejected.float().tolist()):
-            out[i] = (c, r)
+        for i, c, r, (c_cut, r_cut) in zip(idx, logps.chosen.float().tolist(), logps.rejected.float().tolist(), cut):
+            out[i] = (c, r, c_cut, r_cut)
     return out
 
 
@@ -127,15 +127,17 @@ def attach_ref_logps(
     processor: ProcessorMixin,
     max_length: int | None,
     dtype: torch.dtype,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike,
     batch_size: int = 4,
 ) -> tuple[Dataset, dict]:
     """The dataset with `ref_chosen_logps` / `ref_rejected_logps` columns, from the cache or from one pass.
 
-    Under a launcher every rank must call this (the pass is sharded; rank 0 writes the cache file).
+    Under a launcher every rank must call this (the pass is sharded; rank 0 writes the cache file). Nothing is
+    written outside `cache_dir`.
 
     Returns:
-        The dataset and a report: `{"key", "path", "cached": bool}`.
+        The dataset and a report: `{"key", "path", "cached": bool, "truncated": {"chosen": n, "rejected": n}}`
+        (responses cut to fit `max_length`, counted over the whole dataset).
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     # Hashing reads every file of the data and the reference (GBs for a 7B): rank 0 does it and tells the others.
@@ -143,7 +145,7 @@ def attach_ref_logps(
     if world > 1:
         dist.broadcast_object_list(key, src=0)
     key = key[0]
-    path = Path(cache_dir or default_cache_dir(data_path)) / f"{key}.parquet"
+    path = Path(cache_dir) / f"{key}.parquet"
     cached = path.exists()
     if world > 1:  # every rank must take the same branch (the pass has collectives)
         flags = [cached]
@@ -171,6 +173,8 @@ def attach_ref_logps(
                     "index": list(range(len(dataset))),
                     "ref_chosen_logps": [merged[i][0] for i in range(len(dataset))],
                     "ref_rejected_logps": [merged[i][1] for i in range(len(dataset))],
+                    "chosen_truncated": [merged[i][2] for i in range(len(dataset))],
+                    "rejected_truncated": [merged[i][3] for i in range(len(dataset))],
                 }
             )
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,4 +190,8 @@ def attach_ref_logps(
         raise ValueError(f"{path}: {len(table)} reference log-probs for {len(dataset)} pairs; delete the file")
     dataset = dataset.add_column("ref_chosen_logps", table["ref_chosen_logps"])
     dataset = dataset.add_column("ref_rejected_logps", table["ref_rejected_logps"])
-    return dataset, {"key": key, "path": str(path), "cached": cached}
+    truncated = {"chosen": sum(table["chosen_truncated"]), "rejected": sum(table["rejected_truncated"])}
+    if any(truncated.values()):
+        print0(f"max_length {max_length}: {truncated['chosen']} chosen and {truncated['rejected']} rejected responses "
+               f"of {len(dataset)} pairs are longer and are cut (training and the reference score the same tokens)")  # fmt: skip
+    return dataset, {"key": key, "path": str(path), "cached": cached, "truncated": truncated}

@@ -19,6 +19,7 @@ from common.cli import write_run_meta
 from common.distributed import print0, shutdown
 from common.io import SkipLog, read_records
 from common.processor import load_processor
+from common.record_checks import flag_pairs
 from common.run_folder import claim_output_dir
 from common.scoring import Scorer
 from mpo.config import MPOConfig
@@ -147,6 +148,10 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
     dataset = read_records(cfg.train_data, "preference", on_bad_record=cfg.on_bad_record, skipped=skipped)
     if skipped.total:
         print0(f"skipped {skipped.total} bad records: {dict(skipped.counts)}")
+    flagged = SkipLog()  # trained on, but duplicate ids or chosen == rejected
+    flag_pairs(dataset, cfg.train_data, flagged)
+    if flagged.total:
+        print0(f"warning, {flagged.total} suspicious pairs kept: {dict(flagged.counts)}")
     dataset, ref_report = attach_ref_logps(
         dataset,
         cfg.train_data,
@@ -190,7 +195,7 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
             if "loss" in h
         ]
         (out / "mpo_history.json").write_text(json.dumps({"train": losses, "eval": history}, indent=2))
-        write_run_meta(out, [cfg], pairs=len(dataset), world_size=cfg.world_size, skipped=skipped.to_dict(), ref_logps=ref_report,
+        write_run_meta(out, [cfg], pairs=len(dataset), world_size=cfg.world_size, skipped=skipped.to_dict(), flagged=flagged.to_dict(), ref_logps=ref_report,
                        bco_delta=trainer.delta.value, eval=final_eval, resumed_from=trainer.resumed_from)  # fmt: skip
     _finish_wandb()
     shutdown(trainer)

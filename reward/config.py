@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Literal
 
 from transformers import TrainingArguments
 
+from common.config_checks import model_path_problems, output_dir_problems, raise_problems
+
 FREEZE_FIELDS = ("freeze_vision_tower", "freeze_merger", "freeze_language_model")
 
 
@@ -138,6 +140,7 @@ class RewardConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        self._output_dir_given = self.output_dir  # TrainingArguments would fall back to ./trainer_output
         super().__post_init__()
         try:
             raw = json.loads(self.stages) if isinstance(self.stages, str) else self.stages
@@ -148,8 +151,7 @@ class RewardConfig(TrainingArguments):
     def stage_configs(self) -> list[StageConfig]:
         """The validated stages (raises like `validate`)."""
         stages, problems = self._stages_and_problems()
-        if problems:
-            raise ValueError("invalid reward training config:\n  " + "\n  ".join(problems))
+        raise_problems("reward training config", problems)
         return stages
 
     def _stages_and_problems(self) -> tuple[list[StageConfig], list[str]]:
@@ -168,10 +170,8 @@ class RewardConfig(TrainingArguments):
     def validate(self) -> None:
         """Check the whole config before any model load or process-group start; report every problem at once."""
         stages, problems = self._stages_and_problems()
-        if not self.model_name_or_path:
-            problems.append("model_name_or_path: required (a local Qwen-VL or reward checkpoint folder)")
-        elif not Path(self.model_name_or_path).exists():
-            problems.append(f"model_name_or_path: {self.model_name_or_path!r} does not exist")
+        problems += output_dir_problems(self._output_dir_given)
+        problems += model_path_problems(self.model_name_or_path, "model_name_or_path")
         for stage in stages:
             problems += [
                 f"stages[{stage.name}].datasets: {p!r} does not exist" for p in stage.datasets if not Path(p).exists()
@@ -184,8 +184,7 @@ class RewardConfig(TrainingArguments):
         if self.use_lora and (self.freeze_language_model or not self.freeze_vision_tower):
             problems.append("use_lora: adapters go on the LM and the vision tower stays frozen; set "
                             "freeze_language_model: false and freeze_vision_tower: true")  # fmt: skip
-        if problems:
-            raise ValueError("invalid reward training config:\n  " + "\n  ".join(problems))
+        raise_problems("reward training config", problems)
 
     def for_stage(self, stage: StageConfig) -> RewardConfig:
         """This config with the stage's overrides applied and `output_dir` set to the stage's folder."""

@@ -1,7 +1,9 @@
 """A stage's training data: read and validate the datasets, mix them by weight, and deal with over-long pairs.
 
 Every record that does not make it into training is counted by reason in a `SkipLog` (bad records, with
-`on_bad_record="skip"`, and over-long pairs), which the run summary reports.
+`on_bad_record="skip"`, and over-long pairs), which the run summary reports. Records that train but look wrong
+(an id seen before in the same file, a rejected response that is the same text as the chosen one) are counted in
+another `SkipLog`, the summary's `flagged`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import numpy as np
 from datasets import Dataset
 
 from common.io import SkipLog, read_records
-from common.schema import record_ref
+from common.record_checks import flag_pairs
+from common.schema import RecordError, record_ref
 from reward.collator import conversation_text
 from reward.config import RewardConfig, StageConfig
 
 # Columns the trainer reads; others (scores, source, meta) are dropped so that datasets with different extras mix.
 COLUMNS = ("id", "prompt", "chosen", "rejected", "images", "margin")
+# Rewards differ by a few units; a margin far beyond that only saturates the loss, and 1e308 overflows it to inf.
+MAX_ABS_MARGIN = 1000.0
 
 
 @dataclass
@@ -91,18 +96,42 @@ def _weighted(ds: Dataset, weight: float, seed: int) -> Dataset:
     return ds.select(indices.tolist())
 
 
-def read_pairs(path: str, cfg: RewardConfig, processor, skipped: SkipLog) -> Dataset:
-    """One dataset, validated (bad records raise or are counted) and length-filtered, with the trainer's columns."""
+def check_margins(ds: Dataset, source: str, on_bad_record: str, skipped: SkipLog) -> Dataset:
+    """Records whose `margin` exceeds `MAX_ABS_MARGIN` in size raise (naming the record) or are skipped and counted.
+    (Non-finite margins never get here: `common.schema` refuses them on read.)"""
+    if "margin" not in ds.column_names:
+        return ds
+    keep, ids = [], ds["id"]
+    for i, margin in enumerate(ds["margin"]):
+        if margin is None or abs(margin) <= MAX_ABS_MARGIN:
+            keep.append(i)
+            continue
+        ref = record_ref({"id": ids[i]}, i)
+        error = RecordError(ref, "margin", f"|margin| must be <= {MAX_ABS_MARGIN:g}", f"got {margin!r}, in {source}")
+        if on_bad_record == "raise":
+            raise error
+        skipped.add(error.reason, str(error))
+    return ds if len(keep) == len(ds) else ds.select(keep)
+
+
+def read_pairs(path: str, cfg: RewardConfig, processor, skipped: SkipLog, flagged: SkipLog | None = None) -> Dataset:
+    """One dataset, validated (bad records raise or are counted in `skipped`) and length-filtered, with the trainer's
+    columns; duplicate ids and chosen == rejected are counted in `flagged` (see `common.record_checks.flag_pairs`)."""
     ds = read_records(path, "preference", on_bad_record=cfg.on_bad_record, skipped=skipped)
+    ds = check_margins(ds, path, cfg.on_bad_record, skipped)
+    if flagged is not None:
+        flag_pairs(ds, path, flagged)
     ds = _common_columns(ds) if len(ds) else ds
     return filter_long_pairs(ds, processor, cfg.max_length, cfg.long_pair_policy, skipped) if len(ds) else ds
 
 
-def stage_dataset(stage: StageConfig, cfg: RewardConfig, processor, skipped: SkipLog) -> Dataset:
+def stage_dataset(
+    stage: StageConfig, cfg: RewardConfig, processor, skipped: SkipLog, flagged: SkipLog | None = None
+) -> Dataset:
     """The stage's mixture: each dataset read, filtered and scaled by its weight, concatenated (the Trainer shuffles)."""
     parts = []
     for k, (path, weight) in enumerate(stage.datasets.items()):
-        ds = read_pairs(path, cfg, processor, skipped)
+        ds = read_pairs(path, cfg, processor, skipped, flagged)
         if len(ds):
             parts.append(_weighted(ds, weight, seed=cfg.seed + k))
     if not parts:

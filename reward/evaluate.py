@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config_checks import output_dir_problems
 from reward.scorer import ScorerConfig
 
 # ----------------------------------------------------------------------------------------------- VL-RewardBench
@@ -275,9 +276,8 @@ class EvalConfig:
         problems = []
         if self.benchmark not in METRICS:
             problems.append(f"--benchmark {self.benchmark!r}: choose one of {sorted(METRICS)}")
-        for name in ("data_path", "output_dir"):
-            if not getattr(self, name):
-                problems.append(f"--{name} is required")
+        problems += [] if self.data_path else ["--data_path is required"]
+        problems += output_dir_problems(self.output_dir)
         if self.data_path and not Path(self.data_path).exists():
             problems.append(f"--data_path {self.data_path}: no such file or folder")
         if self.output_dir and (Path(self.output_dir) / "metrics.json").exists() and not self.overwrite_output_dir:

@@ -162,8 +162,10 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
         if args.activation_checkpointing:
             model.enable_input_require_grads()
     trainable = trainable_counts(model)
-    skipped = SkipLog()
-    train_ds = stage_dataset(stage, cfg, processor, skipped)
+    skipped, flagged = SkipLog(), SkipLog()  # flagged: trained on, but duplicate ids or chosen == rejected
+    train_ds = stage_dataset(stage, cfg, processor, skipped, flagged)
+    if flagged.total:
+        print0(f"[reward] stage {stage.name}: warning, {flagged.total} suspicious pairs kept: {dict(flagged.counts)}")
     eval_ds = eval_dataset(cfg, processor, skipped)
     trainer = VLRewardTrainer(
         model=model,
@@ -185,7 +187,7 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
     summary = {
         "stage": stage.name, "init_from": str(init_path), "n_train_pairs": len(train_ds),
         "n_eval_pairs": len(eval_ds) if eval_ds is not None else 0, "trainable_params": trainable,
-        "skipped": skipped.to_dict(), "metrics": metrics, "deepspeed": trainer.is_deepspeed_enabled,
+        "skipped": skipped.to_dict(), "flagged": flagged.to_dict(), "metrics": metrics, "deepspeed": trainer.is_deepspeed_enabled,
         "world_size": args.world_size, "resumed_from": trainer.resumed_from,
     }  # fmt: skip
     if trainer.is_world_process_zero():

@@ -1,6 +1,7 @@
 """The build job in-process: end to end on the toy task with the tiny policy and reward model, rules, bad input."""
 
 import json
+from pathlib import Path
 
 import datasets
 import pytest
@@ -15,7 +16,11 @@ from reward.scorer import RewardScorer, assistant_message
 from .conftest import ChoiceSampler, HashScorer
 
 
-def make_cfg(prompts, out, policy="policy", reward="reward", **kw):
+def make_cfg(prompts, out, policy=None, reward=None, **kw):
+    """With the fakes (`ChoiceSampler`, `HashScorer`) no model loads: the model paths default to an empty folder."""
+    stand_in = Path(out).parent / "no-model"
+    stand_in.mkdir(parents=True, exist_ok=True)
+    policy, reward = policy or stand_in, reward or stand_in
     base = dict(prompts=str(prompts), policy_name_or_path=str(policy), reward_model_name_or_path=str(reward),
                 output_dir=str(out), num_samples=4, max_new_tokens=6, chunk_size=4, device="cpu", progress=False)  # fmt: skip
     return BuildPairsConfig(**{**base, **kw})
@@ -121,21 +126,22 @@ def test_output_dir_of_another_build_is_refused_unless_overwrite(toy_data, tmp_p
     assert json.loads((pairs.parent / "run_config.json").read_text())["config"]["BuildPairsConfig"]["seed"] == 1
 
 
-def test_config_validation_names_every_problem():
+def test_config_validation_names_every_problem(tmp_path):
     with pytest.raises(ValueError) as e:
-        BuildPairsConfig(prompts="p", rule="best", num_samples=1, chunk_size=0).validate()
+        BuildPairsConfig(prompts="p", rule="best", num_samples=1, chunk_size=0,
+                         reward_model_name_or_path=str(tmp_path / "nope")).validate()  # fmt: skip
     msg = str(e.value)
-    for text in ("policy_name_or_path is required", "output_dir is required", "rule='best'", "chunk_size=0",
-                 "num_samples=1"):  # fmt: skip
+    for text in ("policy_name_or_path: required", "output_dir: required", "rule='best'", "chunk_size=0",
+                 "num_samples=1", f"reward_model_name_or_path: the local path '{tmp_path}/nope' does not exist"):  # fmt: skip
         assert text in msg
 
 
 @pytest.mark.parametrize("name", ["build_pairs_tiny", "build_pairs_qwen2_5_vl_7b"])
-def test_shipped_configs_parse(name):
+def test_shipped_configs_parse(name, tmp_path):
     path = f"recipes/configs/{name}.yaml"
     assert open(path).readline().startswith("# ") and "recipes/build_pairs.py" in open(path).readline()
-    (cfg,) = parse_configs([BuildPairsConfig], ["--config", path, "--prompts", "p", "--policy_name_or_path", "m",
-                                                "--reward_model_name_or_path", "r", "--output_dir", "o"])  # fmt: skip
+    (cfg,) = parse_configs([BuildPairsConfig], ["--config", path, "--prompts", "p", "--policy_name_or_path", str(tmp_path),
+                                                "--reward_model_name_or_path", str(tmp_path), "--output_dir", "o"])  # fmt: skip
     cfg.validate()
     assert set(yaml.safe_load(open(path))) <= set(vars(cfg))
 

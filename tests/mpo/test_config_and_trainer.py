@@ -19,12 +19,13 @@ from mpo.trainer import MPOTrainer
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_every_shipped_yaml_parses():
+def test_every_shipped_yaml_parses(tiny_vlm_path, toy_data):
     configs = sorted((REPO / "recipes" / "configs").glob("mpo_*.yaml"))
     assert len(configs) >= 3
     for path in configs:
         assert path.read_text().startswith("# deepspeed ")  # the launch command comes first
-        (cfg,) = parse_configs([MPOConfig], ["--config", str(path), "--model_name_or_path", "m", "--train_data", "d",
+        (cfg,) = parse_configs([MPOConfig], ["--config", str(path), "--model_name_or_path", str(tiny_vlm_path),
+                                             "--train_data", str(toy_data["pairs_train"]),
                                              "--output_dir", "/tmp/mpo-yaml", "--use_cpu", "true", "--bf16", "false",
                                              "--report_to", "none"])  # fmt: skip
         cfg.validate()

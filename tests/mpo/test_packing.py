@@ -70,3 +70,43 @@ def test_blank_image_on_text_only_batches_changes_nothing(tiny_policy, toy_pairs
         blanked = pair_logps(model, batch, model.model.get_rope_index, torch.float32, blank)
     assert torch.allclose(plain.chosen, blanked.chosen, atol=1e-5)
     assert torch.allclose(plain.rejected, blanked.rejected, atol=1e-5)
+
+
+def with_chosen(example: dict, text: str) -> dict:
+    return {**example, "chosen": [{"role": "assistant", "content": [{"type": "text", "text": text}]}]}
+
+
+def response_room(processor, example) -> int:
+    """Response tokens that fit both of the example's own responses, plus 4."""
+    batch = PairCollator(processor)([example])
+    return int(max(batch["chosen_attention_mask"].sum(), batch["rejected_attention_mask"].sum())) + 4
+
+
+def test_a_very_long_response_is_cut_so_memory_is_bounded(tiny_policy, toy_pairs):
+    model, processor = tiny_policy
+    rope = model.model.get_rope_index
+    pair = toy_pairs[0]  # with an image; "It is yellow." / "It is green."
+    long = with_chosen(pair, "It is yellow." + " word" * 20_000)  # 80,000 tokens with the tiny tokenizer
+    short = with_chosen(pair, "It is yellow." + " word" * 20)  # longer than the room too, far shorter than `long`
+    room = response_room(processor, pair)
+    prompt_len = int(PairCollator(processor)([pair])["prompt_attention_mask"].sum())
+    collate = PairCollator(processor, max_length=prompt_len + room)
+    batch = collate([long, pair])
+    assert batch["chosen_input_ids"].shape == (2, room)  # the ids are cut, not only masked (was (2, 80_006))
+    assert batch["chosen_truncated"].tolist() == [True, False] and not batch["rejected_truncated"].any()
+    packed = pack_pairs(batch, rope, torch.float32)
+    n = packed.model_inputs["input_ids"].size(1)
+    assert n <= 2 * collate.max_length and packed.model_inputs["attention_mask"].shape == (2, 1, n, n)
+    assert torch.equal(batch["prompt_input_ids"], PairCollator(processor)([long, pair])["prompt_input_ids"])
+
+    # The kept tokens score exactly as the same tokens of the short response, computed without any cut.
+    cut = collate([long])
+    assert torch.equal(cut["chosen_input_ids"], collate([short])["chosen_input_ids"])
+    full = PairCollator(processor)([short])
+    whole = pack_pairs(full, rope, torch.float32)
+    with torch.no_grad():
+        ours = pair_logps(model, cut, rope, torch.float32)
+        out = model(**whole.model_inputs, shift_labels=whole.shift_labels, fused_lm_head=True, use_cache=False)
+    per_token = out.log_probs[0, -whole.shift_labels.size(1) :][whole.chosen_positions[0]]
+    assert per_token.numel() > room and int(ours.chosen_lengths) == room
+    assert abs(ours.chosen.item() - per_token[:room].sum().item()) <= 1e-5

@@ -2,11 +2,14 @@
 
 import shutil
 
+import pytest
 import torch
 
-from common.io import read_records
+from common.io import read_records, write_records
 from common.processor import load_processor
+from mpo.packing import PairCollator, pair_logps
 from mpo.ref_logps import attach_ref_logps, ref_logps_key
+from tests.mpo.test_packing import response_room, with_chosen
 
 
 def test_precomputed_equal_on_the_fly(tiny_policy, tiny_vlm_path, toy_data, trl_pair_logps, tmp_path):
@@ -52,3 +55,26 @@ def test_key_changes_with_data_model_and_settings(tiny_vlm_path, toy_data, tmp_p
     assert ref_logps_key(ds, *args[:4], torch.bfloat16) != key
     small = load_processor(str(tiny_vlm_path), max_pixels=28 * 28 * 16)
     assert ref_logps_key(ds, args[0], args[1], small, 256, torch.float32) != key
+
+
+def test_reference_scores_the_same_cut_tokens_as_training(tiny_policy, tiny_vlm_path, toy_pairs, tmp_path):
+    """A very long response: the reference pass cuts it as the training collator does, and counts it."""
+    model, processor = tiny_policy
+    pair = toy_pairs[0]
+    room = response_room(processor, pair)
+    max_length = int(PairCollator(processor)([pair])["prompt_attention_mask"].sum()) + room
+    records = [dict(pair, id="as-is"), with_chosen(dict(pair, id="long"), "It is yellow." + " word" * 20_000),
+               with_chosen(dict(pair, id="short"), "It is yellow." + " word" * 20)]  # fmt: skip
+    path = write_records(records, tmp_path / "pairs.jsonl")
+    out, report = attach_ref_logps(read_records(path), path, str(tiny_vlm_path), processor, max_length, torch.float32,
+                                   tmp_path / "cache")  # fmt: skip
+    assert report["truncated"] == {"chosen": 2, "rejected": 0}
+    train_batch = PairCollator(processor, max_length)([dict(r) for r in out])  # what MPOTrainer collates
+    with torch.no_grad():
+        policy = pair_logps(model, train_batch, model.model.get_rope_index, torch.float32)
+    assert (torch.tensor(out["ref_chosen_logps"]) - policy.chosen).abs().max() <= 1e-5
+    assert (torch.tensor(out["ref_rejected_logps"]) - policy.rejected).abs().max() <= 1e-5
+    assert out["ref_chosen_logps"][1] == pytest.approx(out["ref_chosen_logps"][2], abs=1e-6)  # same kept tokens
+    _, again = attach_ref_logps(read_records(path), path, str(tiny_vlm_path), processor, max_length, torch.float32,
+                                tmp_path / "cache")  # fmt: skip
+    assert again["cached"] and again["truncated"] == report["truncated"]  # counted from the cache too

@@ -1,6 +1,7 @@
 """`train_mpo` end to end in one process: bad records skipped and counted, wandb offline, freezing, eval hook."""
 
 import json
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForImageTextToText
@@ -86,3 +87,38 @@ def test_resume_without_deepspeed_equals_uninterrupted(lora, tiny_vlm_path, toy_
     for step in (3, 4):
         assert resumed.losses[step] == pytest.approx(full.losses[step], abs=1e-6), step
     assert max_weight_diff(tmp_path / "killed", tmp_path / "full") <= 1e-6
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_read_only_data_long_duplicate_and_identical_pairs(tiny_vlm_path, toy_data, tmp_path):
+    """Nothing is written beside the data (the reference cache goes under output_dir); a very long response is cut
+    and counted; a repeated id and a pair whose rejected equals its chosen are trained on and counted."""
+    records = [dict(r) for r in read_records(toy_data["pairs_train"]).select(range(4))]
+    long = dict(records[2], id="long", chosen=[{"role": "assistant", "content": "It is red." + " word" * 20_000}])
+    records += [dict(records[0]), dict(records[1], id="same", rejected=records[1]["chosen"]), long]
+    data = tmp_path / "data"
+    path = write_records(records, data / "pairs.jsonl")
+    before = _files(data)
+    for p in [data, *data.rglob("*")]:  # read-only (root ignores the bits: the file listing below is the check)
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    out = tmp_path / "run"
+    cfg = MPOConfig(output_dir=str(out), use_cpu=True, bf16=False, model_name_or_path=str(tiny_vlm_path),
+                    train_data=str(path), max_steps=1, per_device_train_batch_size=7, max_length=128,
+                    save_strategy="no", gradient_checkpointing=False, report_to="none")  # fmt: skip
+    try:
+        train_mpo(cfg)
+    finally:
+        for p in [data, *data.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert _files(data) == before
+    meta = json.loads((out / "run_meta.json").read_text())
+    assert Path(meta["ref_logps"]["path"]).parent == out / "ref_logps" and meta["ref_logps"]["cached"] is False
+    assert meta["ref_logps"]["truncated"] == {"chosen": 1, "rejected": 0}
+    assert meta["pairs"] == 7 and meta["flagged"]["by_reason"] == {
+        "id: duplicate record id": 1,
+        "rejected: the same text as chosen": 1,
+    }
+    assert any("'same' (#5), field 'rejected'" in e for e in meta["flagged"]["examples"])

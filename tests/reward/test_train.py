@@ -213,3 +213,27 @@ def test_resume_without_deepspeed_equals_uninterrupted(lora, tiny_vlm_path, toy_
     for step in (3, 4):
         assert resumed.losses[step] == pytest.approx(full.losses[step], abs=1e-6), step
     assert max_weight_diff(export, tmp_path / "full/run/s1/model") <= 1e-6
+
+
+def test_margins_bounded_and_suspicious_pairs_counted_in_the_summary(tiny_vlm_path, toy_records, tmp_path):
+    same = dict(toy_records[1], id="same", rejected=[{"role": "assistant", "content": " It is 7. "}],
+                chosen=[{"role": "assistant", "content": "It is 7."}])  # fmt: skip
+    records = [dict(r, margin=1.0) for r in toy_records[:4]] + [dict(toy_records[0], margin=1.0), same]
+    records.append(dict(toy_records[2], id="huge", margin=-1e308))
+    path = write_records(records, tmp_path / "pairs.jsonl")
+    with open(path, "a") as f:  # JSON's NaN parses: a non-finite margin is refused on read, naming the record
+        f.write(json.dumps(dict(toy_records[1], id="nan", margin=float("nan"))) + "\n")
+    processor = load_reward_model(tiny_vlm_path, new_head_ok=True)[1]
+    skipped, flagged = SkipLog(), SkipLog()
+    cfg = _config(tmp_path, tiny_vlm_path, [], on_bad_record="skip")
+    ds = read_pairs(str(path), cfg, processor, skipped, flagged)
+    assert len(ds) == 6 and dict(skipped.counts) == {"margin: expected a finite number, got nan": 1,
+                                                     "margin: |margin| must be <= 1000": 1}  # fmt: skip
+    assert dict(flagged.counts) == {"id: duplicate record id": 1, "rejected: the same text as chosen": 1}
+    stages = [{"name": "s1", "datasets": {str(path): 1.0}, "max_steps": 1}]
+    export = train_reward_model(_config(tmp_path, tiny_vlm_path, stages, on_bad_record="skip"))
+    summary = json.loads((export / SUMMARY_FILE).read_text())
+    assert summary["flagged"]["by_reason"] == dict(flagged.counts) and summary["skipped"]["total"] == 2
+    assert (
+        f"record 'same' (#5), field 'rejected': the same text as chosen (in {path})" in summary["flagged"]["examples"]
+    )
