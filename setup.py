@@ -8,7 +8,18 @@ setup(
     description="Vision-language reward models (Skywork-VL Reward), reward-ranked pair building and MPO for Qwen-VL",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["common", "common.*", "reward", "reward.*", "data_builders", "data_builders.*", "mpo", "mpo.*"]
+        include=[
+            "common",
+            "common.*",
+            "reward",
+            "reward.*",
+            "data_builders",
+            "data_builders.*",
+            "mpo",
+            "mpo.*",
+            "rounds",
+            "rounds.*",
+        ]
     ),  # fmt: skip
     install_requires=[
         # torch is pinned by the installer (Makefile) to the CPU build on this machine; a GPU box may take any 2.x.

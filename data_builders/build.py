@@ -106,6 +106,9 @@ def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Sc
             if correct is not None:
                 stats["judged"] += len(correct)
                 stats["correct"] += sum(correct)
+            stats["reward_length"] += [[s, n] for s, n in zip(group_scores, cands.num_tokens) if math.isfinite(s)]
+            if cfg.length_penalty:  # length-normalised selection: longer answers must earn their length
+                group_scores = [s - cfg.length_penalty * n for s, n in zip(group_scores, cands.num_tokens)]
             sel = select_pairs(cands.texts, group_scores, cfg.rule, cfg.min_gap, cfg.max_pairs_per_prompt, correct)
             for reason, n in sel.dropped.items():
                 add_count(stats["candidate_drops"], reason, n)

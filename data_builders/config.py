@@ -63,6 +63,9 @@ class BuildPairsConfig:
         default=0.0, metadata={"help": "Smallest chosen-minus-rejected reward gap kept (best_vs_worst, all_pairs)."}
     )
     max_pairs_per_prompt: int = field(default=1, metadata={"help": "Cap on pairs per prompt (all_pairs, correctness)."})
+    length_penalty: float = field(
+        default=0.0, metadata={"help": "Length-normalised selection: rank by reward - length_penalty * tokens."}
+    )
     # > output
     output_dir: str = field(default=None, metadata={"help": "Where chunks, the merged `pairs/` and the report go."})
     chunk_size: int = field(
@@ -102,6 +105,8 @@ class BuildPairsConfig:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
         if self.min_gap < 0:
             problems.append(f"min_gap={self.min_gap}: must be >= 0")
+        if self.length_penalty < 0:
+            problems.append(f"length_penalty={self.length_penalty}: must be >= 0")
         try:
             self.sampling_params()
         except ValueError as e:

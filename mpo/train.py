@@ -189,11 +189,8 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
         final_eval = history[-1] if done else run_eval(trainer.state.global_step)
 
     if trainer.is_world_process_zero():
-        losses = [
-            {k: h[k] for k in ("step", "loss", "loss/dpo", "loss/bco", "loss/sft", "bco_delta") if k in h}
-            for h in trainer.state.log_history
-            if "loss" in h
-        ]
+        keys = ("step", "loss", "loss/dpo", "loss/bco", "loss/sft", "bco_delta", "rewards/accuracies")
+        losses = [{k: h[k] for k in keys if k in h} for h in trainer.state.log_history if "loss" in h]
         (out / "mpo_history.json").write_text(json.dumps({"train": losses, "eval": history}, indent=2))
         write_run_meta(out, [cfg], pairs=len(dataset), world_size=cfg.world_size, skipped=skipped.to_dict(), flagged=flagged.to_dict(), ref_logps=ref_report,
                        bco_delta=trainer.delta.value, eval=final_eval, resumed_from=trainer.resumed_from)  # fmt: skip
