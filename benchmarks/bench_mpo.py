@@ -4,6 +4,8 @@
     python benchmarks/bench_mpo.py --steps 10 --out outputs/bench_mpo.json
     # GPU, 7B-wide shape cut to a few layers so that TRL's policy + reference + AdamW fit on one card
     python benchmarks/bench_mpo.py --preset 7b --spec '{"num_hidden_layers": 4, "vision_depth": 8}' --image_size 896
+    # an existing (random-weight) model folder, vision tower frozen, checkpointing, LoRA (benchmarks/gpu_check.py)
+    python benchmarks/bench_mpo.py --model DIR --freeze_vision_tower --gradient_checkpointing --lora_r 16
 
 Both sides train the same random-weight Qwen2.5-VL (the policy nudged off the reference so every loss term is live)
 on the same toy pairs, image-heavy: 256 image tokens + ~20 prompt tokens per pair against ~8 response tokens.
@@ -36,11 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _setup(work: Path, n_pairs: int, image_size: int, preset: str, spec: dict) -> tuple[Path, Path]:
+def _setup(work: Path, n_pairs: int, image_size: int, preset: str, spec: dict, model: str | None) -> tuple[Path, Path]:
     from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm
     from common.toy_task import ToyTaskConfig, write_toy_task
 
-    model = save_tiny_vlm(work / "model", TinyVLMSpec.preset(preset, **spec))
+    model = Path(model) if model else save_tiny_vlm(work / "model", TinyVLMSpec.preset(preset, **spec))
     toy = ToyTaskConfig(n_train=n_pairs, n_eval=1, kinds=("color", "shape", "count"), image_size=image_size)
     return model, write_toy_task(work / "toy", toy)["pairs_train"]
 
@@ -49,8 +51,10 @@ def _nudge(model) -> None:
     """Move the policy off the reference (same change on both sides) so DPO/BCO are not at their constant."""
     import torch
 
+    from mpo.packing import base_vlm
+
     with torch.no_grad():
-        for layer in model.model.language_model.layers:
+        for layer in base_vlm(model).model.language_model.layers:
             layer.mlp.down_proj.weight.mul_(1.2)
 
 
@@ -62,28 +66,36 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _run_side(side: str, model_path: str, data_path: str, batch_size: int, steps: int, warmup: int) -> dict:
+def _run_side(side: str, model_path: str, data_path: str, a: argparse.Namespace) -> dict:
     import torch
-    from transformers import AutoModelForImageTextToText
 
     from common.io import read_records
     from common.processor import load_processor
+    from mpo.config import MPOConfig
+    from mpo.train import load_policy
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    batch_size, steps, warmup = a.batch_size, a.steps, a.warmup
     common = dict(output_dir=tempfile.mkdtemp(), use_cpu=device == "cpu", bf16=dtype == torch.bfloat16,
-                  report_to="none", gradient_checkpointing=False, learning_rate=1e-5, max_length=None,
-                  per_device_train_batch_size=batch_size)  # fmt: skip
+                  report_to="none", gradient_checkpointing=a.gradient_checkpointing, learning_rate=1e-5,
+                  max_length=None, per_device_train_batch_size=batch_size)  # fmt: skip
+    # the same policy on both sides: vision tower frozen or not, full weights or LoRA on the language model
+    what = MPOConfig(model_name_or_path=model_path, freeze_vision_tower=a.freeze_vision_tower,
+                     use_lora=a.lora_r > 0, lora_r=max(a.lora_r, 1), lora_alpha=2 * max(a.lora_r, 1), **common)  # fmt: skip
     processor = load_processor(model_path)
     dataset = read_records(data_path)
     result = {"side": side}
     if side == "trl":
+        from transformers import AutoModelForImageTextToText
         from trl import DPOConfig, DPOTrainer
 
-        policy = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
-        ref = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
-        _nudge(policy)
+        policy = load_policy(what, dtype)
+        # with LoRA, TRL's reference is the policy with its adapters off: no second model
+        ref = None if a.lora_r else AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
+        if not a.lora_r:  # LoRA starts at the reference (and TRL's reference is the policy, adapters off)
+            _nudge(policy)
         args = DPOConfig(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], beta=0.1, **common)
         trainer = DPOTrainer(policy, ref_model=ref, args=args, train_dataset=dataset, processing_class=processor)
     else:
@@ -95,11 +107,18 @@ def _run_side(side: str, model_path: str, data_path: str, batch_size: int, steps
         dataset, _ = attach_ref_logps(dataset, data_path, model_path, processor, None, dtype,
                                       Path(common["output_dir"]) / "ref", batch_size=batch_size)  # fmt: skip
         result["precompute_s_per_pair"] = (time.perf_counter() - t0) / len(dataset)
-        policy = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
-        _nudge(policy)
+        policy = load_policy(what, dtype)
+        if not a.lora_r:  # LoRA starts at the reference (and TRL's reference is the policy, adapters off)
+            _nudge(policy)
         args = MPOConfig(model_name_or_path=model_path, train_data=data_path, **common)
         trainer = MPOTrainer(policy, args, dataset, processor)
     model = trainer.model.to(device)
+    if a.gradient_checkpointing:  # `Trainer.train` would switch it on; the steps here are driven by hand
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    result["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result["mode"] = (f"LoRA r={a.lora_r} on the language model" if a.lora_r else "full fine-tune") + (
+        ", vision tower frozen" if a.freeze_vision_tower else ", vision tower trained"
+    )
     if trainer.ref_model is not None:
         trainer.ref_model.to(device)
     batches = [trainer.data_collator([dict(dataset[(i * batch_size + j) % len(dataset)]) for j in range(batch_size)])
@@ -117,7 +136,7 @@ def _run_side(side: str, model_path: str, data_path: str, batch_size: int, steps
             from mpo.packing import pair_logps
 
             b = batches[0]
-            lp = pair_logps(model, b, model.model.get_rope_index, dtype)
+            lp = pair_logps(model, b, trainer._rope_index, dtype)
             result["first_batch_loss"] = mpo_loss(lp.chosen, lp.rejected, b["ref_chosen_logps"].to(device),
                                                   b["ref_rejected_logps"].to(device), lp.chosen_lengths,
                                                   delta=0.0).loss.item()  # fmt: skip
@@ -137,7 +156,8 @@ def _run_side(side: str, model_path: str, data_path: str, batch_size: int, steps
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    result.update(step_s=statistics.median(times), peak_mb=_peak_mb(), device=device, steps=steps)
+    result.update(step_s=statistics.median(times), peak_mb=_peak_mb(), device=device, steps=steps,
+                  gradient_checkpointing=a.gradient_checkpointing)  # fmt: skip
     return result
 
 
@@ -149,23 +169,28 @@ def main() -> None:
     p.add_argument("--image_size", type=int, default=448, help="toy image side: 448 -> 256 image tokens")
     p.add_argument("--preset", default="small", help="TinyVLMSpec preset of the random model")
     p.add_argument("--spec", default="{}", help="JSON overrides of the preset, e.g. '{\"num_hidden_layers\": 4}'")
+    p.add_argument("--model", help="train this saved model folder instead of a random preset")
+    p.add_argument("--freeze_vision_tower", action="store_true", help="train the LM and projector only")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in backward")
+    p.add_argument("--lora_r", type=int, default=0, help="LoRA rank on the language model (0: full fine-tune)")
     p.add_argument("--out", default="outputs/bench_mpo.json", help="where the JSON result goes")
     p.add_argument("--side", choices=["trl", "ours"], help=argparse.SUPPRESS)  # child mode
-    p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.side:
-        print(json.dumps(_run_side(a.side, a.model, a.data, a.batch_size, a.steps, a.warmup)))
+        print(json.dumps(_run_side(a.side, a.model, a.data, a)))
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="bench_mpo_"))
     n_pairs = max(8, a.batch_size * (a.steps + a.warmup) // 3 + 1)
-    model, data = _setup(work, n_pairs, a.image_size, a.preset, json.loads(a.spec))
+    model, data = _setup(work, n_pairs, a.image_size, a.preset, json.loads(a.spec), a.model)
+    flags = [f"--{f}" for f in ("freeze_vision_tower", "gradient_checkpointing") if getattr(a, f)]
     results = {}
     for side in ("trl", "ours"):
         cmd = [sys.executable, __file__, "--side", side, "--model", str(model), "--data", str(data),
-               "--batch_size", str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup)]  # fmt: skip
+               "--batch_size", str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup),
+               "--lora_r", str(a.lora_r), *flags]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
         if out.returncode != 0:
             raise SystemExit(f"{side} failed:\n{out.stderr[-4000:]}")
@@ -178,6 +203,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "preset": a.preset,
         "spec": json.loads(a.spec),
+        "batch_size": a.batch_size,
+        "image_size": a.image_size,
         "torch_threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
     }
     print(f"shape: TinyVLMSpec.preset({a.preset!r}, **{a.spec}), {a.batch_size} pairs/step, {ours.get('image_tokens_per_pair')} image tokens, "

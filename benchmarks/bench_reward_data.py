@@ -150,7 +150,7 @@ def tiny_reward_model(root: Path) -> str:
     from reward.model import load_reward_model, save_reward_model
 
     vlm = save_tiny_vlm(root / "tiny-vlm", TinyVLMSpec.preset("tiny"))
-    model, processor = load_reward_model(vlm)
+    model, processor = load_reward_model(vlm, new_head_ok=True)
     return str(save_reward_model(model, processor, root / "tiny-reward"))
 
 

@@ -46,7 +46,7 @@ from data_builders.config import BuildPairsConfig
 from data_builders.pairing import correctness, pair_record, select_pairs
 from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_stats, new_stats, write_report
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed
-from data_builders.scoring import make_scorer
+from data_builders.scoring import make_remote_scorer, make_scorer
 from data_builders.sources import read_prompts
 
 SAMPLING_FAILED = "sampling failed"
@@ -95,6 +95,9 @@ def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Sc
             if correct is not None:
                 stats["judged"] += len(correct)
                 stats["correct"] += sum(correct)
+            stats["reward_length"] += [[s, n] for s, n in zip(group_scores, cands.num_tokens) if math.isfinite(s)]
+            if cfg.length_penalty:  # length-normalised selection: longer answers must earn their length
+                group_scores = [s - cfg.length_penalty * n for s, n in zip(group_scores, cands.num_tokens)]
             sel = select_pairs(cands.texts, group_scores, cfg.rule, cfg.min_gap, cfg.max_pairs_per_prompt, correct)
             for reason, n in sel.dropped.items():
                 add_count(stats["candidate_drops"], reason, n)
@@ -202,6 +205,8 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
         device = str(resolve_device(cfg.device))
         sampler = sampler or make_sampler(cfg.backend, cfg.policy_name_or_path, cfg.dtype, device, cfg.min_pixels,
                                           cfg.max_pixels, cfg.max_prompt_tokens)  # fmt: skip
+        if scorer is None and cfg.reward_url:
+            scorer = make_remote_scorer(cfg.reward_url, cfg.score_batch_size)
         scorer = scorer or make_scorer(cfg.reward_model_name_or_path, cfg.dtype, device, cfg.score_batch_size,
                                        cfg.min_pixels, cfg.max_pixels)  # fmt: skip
     bar = tqdm(total=sum(size(c) for c in mine), initial=sum(size(c) for c in mine if c not in todo), unit="prompt",

@@ -37,6 +37,10 @@ class BuildPairsConfig:
     reward_model_name_or_path: str = field(
         default=None, metadata={"help": "Reward model folder (ours or Skywork-VL-Reward format) that scores them."}
     )
+    reward_url: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reward server URL(s) (recipes/serve_reward.py) to score with instead of loading the model."},
+    )
     # > sampling
     backend: str = field(default="hf", metadata={"help": "Sampling backend: 'hf' (transformers) or 'vllm' (GPU)."})
     num_samples: int = field(default=8, metadata={"help": "Candidates K sampled per prompt."})
@@ -59,6 +63,9 @@ class BuildPairsConfig:
         default=0.0, metadata={"help": "Smallest chosen-minus-rejected reward gap kept (best_vs_worst, all_pairs)."}
     )
     max_pairs_per_prompt: int = field(default=1, metadata={"help": "Cap on pairs per prompt (all_pairs, correctness)."})
+    length_penalty: float = field(
+        default=0.0, metadata={"help": "Length-normalised selection: rank by reward - length_penalty * tokens."}
+    )
     # > output
     output_dir: str = field(default=None, metadata={"help": "Where chunks, the merged `pairs/` and the report go."})
     chunk_size: int = field(
@@ -85,7 +92,8 @@ class BuildPairsConfig:
         """Check every field at once; raise one ValueError listing all problems and their fixes."""
         problems = [] if self.prompts else ["prompts is required (--prompts ...)"]
         problems += model_path_problems(self.policy_name_or_path, "policy_name_or_path")
-        problems += model_path_problems(self.reward_model_name_or_path, "reward_model_name_or_path")
+        if not self.reward_url:  # with reward_url a reward server scores: no local model is read
+            problems += model_path_problems(self.reward_model_name_or_path, "reward_model_name_or_path")
         problems += output_dir_problems(self.output_dir)
         choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"), "on_bad_record": ("raise", "skip"),
                    "report_to": ("none", "wandb"), "dtype": ("float32", "bfloat16", "float16")}  # fmt: skip
@@ -97,6 +105,8 @@ class BuildPairsConfig:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
         if self.min_gap < 0:
             problems.append(f"min_gap={self.min_gap}: must be >= 0")
+        if self.length_penalty < 0:
+            problems.append(f"length_penalty={self.length_penalty}: must be >= 0")
         try:
             self.sampling_params()
         except ValueError as e:

@@ -23,7 +23,7 @@ def new_stats() -> dict[str, Any]:
     """Empty statistics of one chunk (JSON-serialisable so that a finished chunk stores its own)."""
     return {"prompts": 0, "prompts_with_pairs": 0, "candidates": 0, "pairs": 0, "judged": 0, "correct": 0,
             "candidate_drops": {}, "prompt_skips": {}, "skip_examples": [], "reward": [], "gap": [],
-            "length": []}  # fmt: skip
+            "length": [], "reward_length": []}  # fmt: skip
 
 
 def add_count(counts: dict[str, int], reason: str, n: int = 1) -> None:

@@ -1,4 +1,4 @@
-"""The pair builder's local reward model: `reward.scorer.RewardScorer` as a `common.scoring.Scorer`."""
+"""The pair builder's reward model as a `common.scoring.Scorer`: local (`RewardScorer`) or a reward server's client."""
 
 from __future__ import annotations
 
@@ -11,3 +11,10 @@ def make_scorer(path: str, dtype: str, device: str, batch_size: int, min_pixels:
     """The local reward model at `path` as a `Scorer` (no progress bar of its own: the build job has one)."""
     return RewardScorer.from_pretrained(path, dtype=dtype, device=device, batch_size=batch_size,
                                         min_pixels=min_pixels, max_pixels=max_pixels, progress=False)  # fmt: skip
+
+
+def make_remote_scorer(urls: list[str], batch_size: int) -> Scorer:
+    """Reward server replicas at `urls` (recipes/serve_reward.py) as a `Scorer`; `batch_size` responses a request."""
+    from reward.client import RewardClient  # needs the `serve` extra (httpx)
+
+    return RewardClient(urls, max_items_per_request=batch_size)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, TrainerCallback
+from transformers import AutoModelForImageTextToText, TrainerCallback, set_seed
 
 from common.cli import write_run_meta
 from common.distributed import print0, shutdown
@@ -40,6 +40,7 @@ def load_policy(cfg: MPOConfig, dtype: torch.dtype):
 
     # ZeRO-3 gathers parameters in the dtype of the first one: keep adapters in the base dtype (as TRL does).
     zero3 = cfg.deepspeed_plugin is not None and cfg.deepspeed_plugin.zero_stage == 3
+    set_seed(cfg.seed)  # the adapters' initialisation, the same whatever ran before in this process
     model = get_peft_model(model, lora_config(cfg), autocast_adapter_dtype=not zero3)
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
@@ -168,14 +169,11 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
         final_eval = history[-1] if done else run_eval(trainer.state.global_step)
 
     if trainer.is_world_process_zero():
-        losses = [
-            {k: h[k] for k in ("step", "loss", "loss/dpo", "loss/bco", "loss/sft", "bco_delta") if k in h}
-            for h in trainer.state.log_history
-            if "loss" in h
-        ]
+        keys = ("step", "loss", "loss/dpo", "loss/bco", "loss/sft", "bco_delta", "rewards/accuracies")
+        losses = [{k: h[k] for k in keys if k in h} for h in trainer.state.log_history if "loss" in h]
         (out / "mpo_history.json").write_text(json.dumps({"train": losses, "eval": history}, indent=2))
         write_run_meta(out, [cfg], pairs=len(dataset), world_size=cfg.world_size, skipped=skipped.to_dict(), flagged=flagged.to_dict(), ref_logps=ref_report,
-                       bco_delta=trainer.delta.value, eval=final_eval)  # fmt: skip
+                       bco_delta=trainer.delta.value, eval=final_eval, resumed_from=trainer.resumed_from)  # fmt: skip
     finish_wandb()
     shutdown(trainer)
     return out

@@ -24,6 +24,7 @@ from transformers.trainer_callback import ExportableState
 from trl import DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
+from common.checkpoints import CompleteCheckpointsMixin
 from common.distributed import all_reduce_mean
 from mpo.config import MPOConfig
 from mpo.loss import mpo_loss, update_running_mean
@@ -44,8 +45,9 @@ class RunningDelta(TrainerCallback, ExportableState):
         return {"args": {"value": self.value, "steps": self.steps}, "attributes": {}}
 
 
-class MPOTrainer(DPOTrainer):
-    """Mixed Preference Optimization on image (and text-only) preference pairs.
+class MPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
+    """Mixed Preference Optimization on image (and text-only) preference pairs. Checkpoints are marked complete,
+    resumed from the newest complete one and loaded strictly (`common.checkpoints`).
 
     Args:
         model: the policy (a `PreTrainedModel`, or a `PeftModel` for LoRA), already loaded.

@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer, set_seed
 
+from common.checkpoints import CompleteCheckpointsMixin
 from common.cli import write_run_meta
 from common.distributed import print0
 from common.io import SkipLog
@@ -50,9 +50,10 @@ def add_lora(model: VLRewardModel, cfg: RewardConfig):
     )
 
 
-class VLRewardTrainer(Trainer):
+class VLRewardTrainer(CompleteCheckpointsMixin, Trainer):
     """`Trainer` with the pairwise loss over `[chosen; rejected]` batches and reward metrics in the logs
-    (`loss`, `accuracy`, `margin`, `chosen_reward`, `rejected_reward`; `eval_*` when evaluating)."""
+    (`loss`, `accuracy`, `margin`, `chosen_reward`, `rejected_reward`; `eval_*` when evaluating). Checkpoints are
+    marked complete, resumed from the newest complete one and loaded strictly (`common.checkpoints`)."""
 
     def __init__(self, *args, center_rewards_coefficient: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -128,6 +129,7 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
     model.always_run_vision = True  # same collectives on every rank under ZeRO-3, text-only batches included
     freeze_parts(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
     if cfg.use_lora:
+        set_seed(args.seed)  # the adapters' initialisation, the same whatever ran before in this process
         model = add_lora(model, cfg)
         if args.activation_checkpointing:
             model.enable_input_require_grads()
@@ -147,10 +149,8 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
         callbacks=list(callbacks),
         center_rewards_coefficient=cfg.center_rewards_coefficient,
     )
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    print0(f"[reward] stage {stage.name}: {len(train_ds)} pairs from {init_path}"
-           + (f", resuming from {last}" if last else ""))  # fmt: skip
-    result = trainer.train(resume_from_checkpoint=last)
+    print0(f"[reward] stage {stage.name}: {len(train_ds)} pairs from {init_path}")
+    result = trainer.train(resume_from_checkpoint=True)  # the newest complete checkpoint, if any
     metrics = {"train_loss": result.training_loss, "global_step": result.global_step}
     if eval_ds is not None:
         metrics.update(trainer.evaluate())
@@ -160,7 +160,7 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
         "stage": stage.name, "init_from": str(init_path), "n_train_pairs": len(train_ds),
         "n_eval_pairs": len(eval_ds) if eval_ds is not None else 0, "trainable_params": trainable,
         "skipped": skipped.to_dict(), "flagged": flagged.to_dict(), "metrics": metrics, "deepspeed": trainer.is_deepspeed_enabled,
-        "world_size": args.world_size, "resumed_from": last,
+        "world_size": args.world_size, "resumed_from": trainer.resumed_from,
     }  # fmt: skip
     if trainer.is_world_process_zero():
         write_run_meta(export, [args])

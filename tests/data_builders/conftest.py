@@ -1,4 +1,4 @@
-"""Fixtures of the data_builders tests: the tiny reward model, and deterministic stand-ins for sampler and scorer."""
+"""Fixtures of the data_builders tests: deterministic stand-ins for sampler and scorer."""
 
 from __future__ import annotations
 

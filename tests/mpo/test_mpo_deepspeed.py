@@ -1,6 +1,6 @@
 """MPO under the real `deepspeed` launcher on CPU: ZeRO-2 and ZeRO-3, 1 and 2 processes, resume after a kill, LoRA.
 
-Six launcher runs, each checking several things (a run costs ~20 s).
+Eight launcher runs, each checking several things (a run costs ~20 s).
 """
 
 import json
@@ -16,6 +16,7 @@ from transformers import AutoModelForImageTextToText
 
 from common.distributed import free_port
 from tests.launch import REPO, cpu_env, run_deepspeed
+from tests.resume import max_weight_diff
 
 RECIPE = REPO / "recipes" / "mpo_qwen.py"
 PROBE = REPO / "tests" / "scripts" / "ds_mpo_run.py"
@@ -52,24 +53,35 @@ def _changed(before, after, prefix):
     return sum(not torch.equal(before[k], after[k]) for k in keys), len(keys)
 
 
-def test_zero2_one_process_resume_after_kill(tiny_vlm_path, toy_data, tmp_path):
-    # A: uninterrupted, 4 steps. B: the same, killed (SIGKILL) right after checkpoint-2. C: B resumed.
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    run_deepspeed(RECIPE, _args(tiny_vlm_path, toy_data["pairs_train"], full, "zero2"), nprocs=1)
+def _kill_after_checkpoint_2_and_resume(model, data, out, zero, *extra):
+    """The run killed (SIGKILL) right after checkpoint-2 is written, then the same command with
+    `--resume_from_checkpoint true`."""
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--master_port", str(free_port()), "--num_gpus", "1",
-           str(PROBE), *_args(tiny_vlm_path, toy_data["pairs_train"], killed, "zero2")]  # fmt: skip
+           str(PROBE), *_args(model, data, out, zero, *extra)]  # fmt: skip
     env = {**cpu_env(1), "MPO_TEST_KILL_AFTER_SAVE": "2"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0 and (killed / "checkpoint-2").is_dir() and not (killed / "checkpoint-4").exists()
-    run_deepspeed(RECIPE, _args(tiny_vlm_path, toy_data["pairs_train"], killed, "zero2",
-                                "--resume_from_checkpoint", "true"), nprocs=1)  # fmt: skip
+    assert proc.returncode != 0 and (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
+    run_deepspeed(RECIPE, _args(model, data, out, zero, *extra, "--resume_from_checkpoint", "true"), nprocs=1)
 
-    a, c = _history(full), _history(killed)
-    # C's history holds steps 1-2 restored from checkpoint-2, then the steps it ran.
+
+def _assert_resume_equals_uninterrupted(full, resumed):
+    a, c = _history(full), _history(resumed)
+    # The resumed history holds steps 1-2 restored from checkpoint-2, then the steps it ran.
     assert [h["step"] for h in a] == [1, 2, 3, 4] and [h["step"] for h in c] == [1, 2, 3, 4]
     for ha, hc in zip(a[2:], c[2:]):  # the next steps after resume equal the uninterrupted run's
-        assert hc["loss"] == pytest.approx(ha["loss"], rel=1e-5)
+        assert hc["loss"] == pytest.approx(ha["loss"], abs=1e-6)
         assert hc["bco_delta"] == pytest.approx(ha["bco_delta"], rel=1e-5, abs=1e-7)
+    assert json.loads((Path(resumed) / "run_meta.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    assert max_weight_diff(resumed, full) <= 1e-6  # the final weights, backbone included
+
+
+def test_zero2_one_process_resume_after_kill(tiny_vlm_path, toy_data, tmp_path):
+    # A: uninterrupted, 4 steps. B: the same, killed right after checkpoint-2, then resumed.
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_deepspeed(RECIPE, _args(tiny_vlm_path, toy_data["pairs_train"], full, "zero2"), nprocs=1)
+    _kill_after_checkpoint_2_and_resume(tiny_vlm_path, toy_data["pairs_train"], killed, "zero2")
+    _assert_resume_equals_uninterrupted(full, killed)
+    a = _history(full)
     # delta moves, is saved in the checkpoint and restored: step 3 folds into step 2's value.
     deltas = [h["bco_delta"] for h in a]
     assert abs(deltas[0]) < 1e-4 and len(set(deltas)) == 4  # step 1: policy == reference, rewards 0
@@ -123,10 +135,12 @@ def test_zero3_two_processes_lora_saves_and_reloads(tiny_vlm_path, toy_data, tmp
     assert changed > 0  # the merged final model loads with transformers and carries the update
 
 
-def test_zero3_one_process_frozen_vision_and_checkpointing(tiny_vlm_path, toy_data, tmp_path):
-    out = tmp_path / "z3"
-    run_deepspeed(RECIPE, _args(tiny_vlm_path, toy_data["pairs_train"], out, "zero3", "--freeze_vision_tower", "true",
-                                "--gradient_checkpointing", "true"), nprocs=1)  # fmt: skip
+def test_zero3_one_process_frozen_vision_checkpointing_and_resume(tiny_vlm_path, toy_data, tmp_path):
+    out, killed = tmp_path / "z3", tmp_path / "killed"
+    flags = ("--freeze_vision_tower", "true", "--gradient_checkpointing", "true")
+    run_deepspeed(RECIPE, _args(tiny_vlm_path, toy_data["pairs_train"], out, "zero3", *flags), nprocs=1)
+    _kill_after_checkpoint_2_and_resume(tiny_vlm_path, toy_data["pairs_train"], killed, "zero3", *flags)
+    _assert_resume_equals_uninterrupted(out, killed)
     history = _history(out)
     assert len(history) == 4 and history[-1]["loss"] < history[0]["loss"]
     before, after = _weights(tiny_vlm_path), _weights(out)

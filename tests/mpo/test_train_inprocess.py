@@ -10,6 +10,7 @@ from common.io import read_records, write_records
 from common.vl_training import freeze_parts
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
+from tests.resume import KillAtStep, LossLog, max_weight_diff
 
 
 def test_train_mpo_in_process(tiny_vlm_path, toy_data, tmp_path, monkeypatch):
@@ -63,6 +64,30 @@ def test_freeze_parts(tiny_vlm_path, flags, trainable):
         parts.setdefault(part(name), set()).add(p.requires_grad)
     assert {k for k, v in parts.items() if v == {True}} == trainable
     assert all(len(v) == 1 for v in parts.values())  # each part all frozen or all trainable
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_without_deepspeed_equals_uninterrupted(lora, tiny_vlm_path, toy_data, tmp_path):
+    """Killed after step 3 (checkpoint-2 on disk), rerun with `resume_from_checkpoint=True`: steps 3 and 4 give the
+    uninterrupted run's losses and the final model its weights (a resume that skips the backbone restarts it from the
+    base weights)."""
+
+    def cfg(name, **kw):
+        return MPOConfig(output_dir=str(tmp_path / name), use_cpu=True, bf16=False, model_name_or_path=str(tiny_vlm_path),
+                         train_data=str(toy_data["pairs_train"]), ref_logps_dir=str(tmp_path / "ref"), max_steps=4,
+                         per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, save_strategy="steps",
+                         save_steps=2, gradient_checkpointing=False, report_to="none", use_lora=lora, lora_r=4,
+                         **kw)  # fmt: skip
+
+    full, resumed = LossLog(), LossLog()
+    train_mpo(cfg("full"), callbacks=[full])
+    with pytest.raises(KeyboardInterrupt):
+        train_mpo(cfg("killed"), callbacks=[KillAtStep(3)])
+    train_mpo(cfg("killed", resume_from_checkpoint=True), callbacks=[resumed])
+    assert sorted(resumed.losses) == [3, 4]
+    for step in (3, 4):
+        assert resumed.losses[step] == pytest.approx(full.losses[step], abs=1e-6), step
+    assert max_weight_diff(tmp_path / "killed", tmp_path / "full") <= 1e-6
 
 
 def _files(folder: Path) -> dict[str, tuple[int, int]]:

@@ -15,6 +15,7 @@ from reward.data import _weighted, filter_long_pairs, pair_lengths, read_pairs
 from reward.model import load_reward_model
 from reward.pair_eval import pair_metrics
 from reward.train import SUMMARY_FILE, train_reward_model
+from tests.resume import KillAtStep, LossLog, max_weight_diff
 
 
 def _config(tmp_path, model, stages, **kw) -> RewardConfig:
@@ -179,6 +180,25 @@ def test_merge_lora_state_dict_by_hand():
     assert sorted(merged) == ["norm.weight", "q.bias", "q.weight", "v_head.summary.weight"]
     assert torch.equal(merged["q.weight"], torch.tensor([[2.5, 4.0], [3.0, 5.0]]))  # 1 + 0.5 * B @ A
     assert torch.equal(merged["v_head.summary.weight"], torch.full((1, 2), 7.0))  # the trained copy, not the original
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_without_deepspeed_equals_uninterrupted(lora, tiny_vlm_path, toy_data, tmp_path):
+    """Killed after step 3 (checkpoint-2 on disk) and rerun: step 3 and 4 give the uninterrupted run's losses and the
+    export its weights, backbone included (a resume that loads only the head and optimizer drifts at step 3)."""
+    stages = [{"name": "s1", "datasets": {str(toy_data["pairs_train"]): 0.25}, "max_steps": 4}]
+    kw = dict(use_lora=lora, lora_r=4)
+    full, resumed = LossLog(), LossLog()
+    train_reward_model(_config(tmp_path / "full", tiny_vlm_path, stages, **kw), callbacks=[full])
+    cfg = _config(tmp_path / "killed", tiny_vlm_path, stages, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(cfg, callbacks=[KillAtStep(3)])
+    export = train_reward_model(cfg, callbacks=[resumed])
+    assert json.loads((export / SUMMARY_FILE).read_text())["resumed_from"].endswith("checkpoint-2")
+    assert sorted(resumed.losses) == [3, 4]
+    for step in (3, 4):
+        assert resumed.losses[step] == pytest.approx(full.losses[step], abs=1e-6), step
+    assert max_weight_diff(export, tmp_path / "full/run/s1/model") <= 1e-6
 
 
 def test_margins_bounded_and_suspicious_pairs_counted_in_the_summary(tiny_vlm_path, toy_records, tmp_path):

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.launch import REPO, run_deepspeed
+from tests.resume import max_weight_diff
 from tests.reward.conftest import check_export
 
 SCRIPT = REPO / "tests/scripts/ds_train_reward.py"
@@ -89,12 +90,29 @@ def test_zero2_two_ranks_recipe_counts_skips_and_logs_to_wandb(tiny_vlm_path, di
 
 @pytest.mark.deepspeed
 @pytest.mark.parametrize("zero, lora", [("zero2", False), ("zero3", True)])
-def test_one_rank(zero, lora, tiny_vlm_path, toy_data, tmp_path):
-    """One process; the ZeRO-3 run trains LoRA adapters, whose export merges them from the gathered shards."""
-    stages = [{"name": "s1", "datasets": {str(toy_data["pairs_train"]): 0.25}, "max_steps": 2}]
-    args = _args(tiny_vlm_path, tmp_path / "run", zero, stages, eval_datasets=[toy_data["pairs_eval"]],
-                 per_device_train_batch_size=4, use_lora=lora, lora_r=4)  # fmt: skip
-    run_deepspeed(SCRIPT, args, nprocs=1)
-    summary = check_export(tmp_path / "run/s1/model", toy_data["pairs_eval"])
-    assert summary["deepspeed"] and summary["world_size"] == 1 and summary["metrics"]["global_step"] == 2
+def test_one_rank_resume_equals_uninterrupted(zero, lora, tiny_vlm_path, toy_data, tmp_path, monkeypatch):
+    """One process, uninterrupted vs killed after step 3 and rerun: steps 3 and 4 give the same losses and the exports
+    the same weights. The ZeRO-3 run trains LoRA adapters, whose export merges them from the gathered shards."""
+    stages = [{"name": "s1", "datasets": {str(toy_data["pairs_train"]): 0.25}, "max_steps": 4}]
+    losses = {}
+    for run, name, kill in (("full", "full", None), ("killed", "killed", "3"), ("resumed", "killed", None)):
+        args = _args(tiny_vlm_path, tmp_path / name, zero, stages, eval_datasets=[toy_data["pairs_eval"]], save_steps=2,
+                     per_device_train_batch_size=4, use_lora=lora, lora_r=4)  # fmt: skip
+        monkeypatch.setenv("LOSS_FILE", str(tmp_path / f"{run}.jsonl"))
+        if kill:
+            monkeypatch.setenv("KILL_AT_STEP", kill)
+            with pytest.raises(AssertionError, match="rc="):
+                run_deepspeed(SCRIPT, args, nprocs=1)
+        else:
+            monkeypatch.delenv("KILL_AT_STEP", raising=False)
+            run_deepspeed(SCRIPT, args, nprocs=1)
+        losses[run] = _losses(tmp_path / f"{run}.jsonl")
+    assert sorted(losses["resumed"]) == [(0, 2), (0, 3)]  # from checkpoint-2: the 3rd and 4th steps
+    for key, loss in losses["resumed"].items():
+        assert loss == pytest.approx(losses["full"][key], abs=1e-6), key
+    summary = check_export(tmp_path / "full/s1/model", toy_data["pairs_eval"])
+    assert summary["deepspeed"] and summary["world_size"] == 1 and summary["metrics"]["global_step"] == 4
     assert (summary["trainable_params"].get("lora", 0) > 0) == lora
+    resumed = json.loads((tmp_path / "killed/s1/model/stage_summary.json").read_text())
+    assert resumed["resumed_from"].endswith("checkpoint-2")
+    assert max_weight_diff(tmp_path / "killed/s1/model", tmp_path / "full/s1/model") <= 1e-6

@@ -1,0 +1,69 @@
+"""The loop's guards, as pure functions of the per-round records (each returns its verdict with the evidence).
+
+* `hacking_alarm`: held-out reward rising while held-out correctness (or a second, held-out reward model) falls by
+  more than a tolerance from the previous round: the policy is learning the reward model, not the task.
+* `best_round`: which round's policy to keep: highest held-out correctness; without ground truth, the held-out
+  reward model's mean; without either, the training reward model's mean.
+* `length_bias`: Pearson correlation between reward and response length among a round's sampled candidates.
+* `mpo_health`: the MPO failure modes users report: a loss near zero from the first steps, reward accuracy saturating
+  at 1.0 while the SFT loss rises, and too many degenerate answers on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+
+
+def hacking_alarm(prev: Mapping, cur: Mapping, tolerance: float) -> dict | None:
+    """The alarm's evidence when `cur` (a round's eval metrics) shows reward hacking relative to `prev`, else None."""
+    reward_up = cur.get("reward_mean", -math.inf) > prev.get("reward_mean", math.inf)
+    if not reward_up:
+        return None
+    falls = {}
+    for key in ("accuracy", "heldout_reward_mean"):
+        if key in cur and key in prev and prev[key] - cur[key] > tolerance:
+            falls[key] = [prev[key], cur[key]]
+    if not falls:
+        return None
+    return {"reward_mean": [prev["reward_mean"], cur["reward_mean"]], "fell": falls, "tolerance": tolerance}
+
+
+def best_round(evals: Mapping[int, Mapping]) -> int:
+    """The round (0 = the initial policy) whose held-out metrics are best; the earliest wins a tie."""
+    for key in ("accuracy", "heldout_reward_mean", "reward_mean"):
+        if all(key in m for m in evals.values()):
+            return max(sorted(evals), key=lambda r: evals[r][key])
+    return max(evals)
+
+
+def length_bias(reward_length: Sequence[Sequence[float]]) -> float | None:
+    """Pearson correlation of (reward, length) pairs; None with fewer than 2 or a constant column."""
+    if len(reward_length) < 2:
+        return None
+    rewards, lengths = zip(*reward_length)
+    if len(set(rewards)) < 2 or len(set(lengths)) < 2:
+        return None
+    return statistics.correlation([float(r) for r in rewards], [float(n) for n in lengths])
+
+
+def mpo_health(train_log: Sequence[Mapping], degenerate_rate: float | None, min_first_loss: float,
+               max_degenerate: float) -> list[str]:  # fmt: skip
+    """Warnings (empty: healthy) from MPO's logged steps (`mpo_history.json` 'train') and the held-out eval."""
+    warnings = []
+    logged = [h for h in train_log if "loss" in h]
+    if logged and abs(logged[0]["loss"]) < min_first_loss:
+        warnings.append(f"loss near zero from the first steps: {logged[0]['loss']:.2e} at step {logged[0]['step']} "
+                        "(chosen and rejected indistinguishable, or the reference already separates them)")  # fmt: skip
+    half = len(logged) // 2
+    if half >= 1:
+        first, last = logged[:half], logged[half:]
+        acc = [h["rewards/accuracies"] for h in last if "rewards/accuracies" in h]
+        sft = lambda hs: statistics.fmean(h["loss/sft"] for h in hs)  # noqa: E731
+        if acc and min(acc) >= 1.0 and all("loss/sft" in h for h in logged) and sft(last) > sft(first):
+            warnings.append(f"reward accuracy saturated at 1.0 while the SFT loss rose ({sft(first):.3f} -> "
+                            f"{sft(last):.3f}): the policy pushes rejected down instead of chosen up")  # fmt: skip
+    if degenerate_rate is not None and degenerate_rate > max_degenerate:
+        warnings.append(f"degenerate held-out answers: {degenerate_rate:.3f} > {max_degenerate}")
+    return warnings

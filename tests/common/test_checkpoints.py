@@ -1,0 +1,100 @@
+"""`common.checkpoints`: strict weight loading through the checkpoint key mapping, and completeness checks."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
+
+from common.checkpoints import (
+    COMPLETE_FILE,
+    CompleteCheckpointsMixin,
+    checkpoint_key_names,
+    incomplete_reason,
+    last_complete_checkpoint,
+    load_weights_strict,
+    mark_complete,
+)
+from reward.model import load_reward_model
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_vlm_path):
+    return AutoModelForImageTextToText.from_pretrained(tiny_vlm_path)
+
+
+def test_on_disk_names_are_the_legacy_layout(policy):
+    names = checkpoint_key_names(policy)
+    assert names["model.language_model.layers.0.mlp.up_proj.weight"] == "model.layers.0.mlp.up_proj.weight"
+    assert names["model.visual.blocks.0.attn.qkv.weight"] == "visual.blocks.0.attn.qkv.weight"
+
+
+@pytest.mark.parametrize("kind", ["policy", "reward"])
+def test_save_then_load_strict_round_trips_every_weight(kind, tiny_vlm_path, tmp_path):
+    load = (
+        (lambda p: load_reward_model(p, new_head_ok=True)[0])
+        if kind == "reward"
+        else AutoModelForImageTextToText.from_pretrained
+    )
+    trained = load(tiny_vlm_path)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    trained.save_pretrained(tmp_path)  # the legacy key layout on disk
+    assert "model.layers.0.mlp.up_proj.weight" in load_file(tmp_path / "model.safetensors")
+    fresh = load(tiny_vlm_path)
+    load_weights_strict(fresh, tmp_path)
+    for (name, a), b in zip(trained.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_missing_or_unexpected_key_is_an_error_naming_it(policy, tmp_path):
+    policy.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.layers.1.mlp.down_proj.weight"]
+    weights["visual.extra.weight"] = torch.zeros(1)
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(KeyError, match=r"1 missing key\(s\) \['model.language_model.layers.1.mlp.down_proj.weight'\]"
+                       r".*1 unexpected key\(s\) \['visual.extra.weight'\]"):  # fmt: skip
+        load_weights_strict(policy, tmp_path)
+
+
+def test_only_complete_checkpoints_are_taken(tmp_path, capsys):
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "optimizer.pt").write_bytes(b"x" * step)
+    mark_complete(tmp_path / "checkpoint-2")
+    mark_complete(tmp_path / "checkpoint-4")
+    assert json.loads((tmp_path / "checkpoint-4" / COMPLETE_FILE).read_text()) == {"files": {"optimizer.pt": 4}}
+    (tmp_path / "checkpoint-4" / "optimizer.pt").write_bytes(b"x")  # cut short after marking: caught by its size
+    assert incomplete_reason(tmp_path / "checkpoint-4") == "optimizer.pt has 1 bytes, 4 were written"
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    log = capsys.readouterr().out
+    assert f"skipping incomplete {tmp_path / 'checkpoint-6'} (no {COMPLETE_FILE}" in log
+    assert "checkpoint-4 (optimizer.pt has 1 bytes" in log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]  # the incomplete ones are removed
+    assert last_complete_checkpoint(tmp_path / "nothing-here") is None
+
+
+class _Base:
+    def train(self, resume_from_checkpoint=None):
+        return resume_from_checkpoint  # what `Trainer.train` would resume from
+
+
+class _Trainer(CompleteCheckpointsMixin, _Base):
+    def __init__(self, output_dir):
+        self.args = SimpleNamespace(output_dir=str(output_dir))
+
+
+def test_train_resolves_what_to_resume_from(tmp_path):
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    mark_complete(tmp_path / "checkpoint-2")
+    trainer = _Trainer(tmp_path)
+    assert trainer.train("false") is None and trainer.resumed_from is None
+    with pytest.raises(ValueError, match=rf"cannot resume from {tmp_path / 'checkpoint-4'}: no {COMPLETE_FILE}"):
+        trainer.train(str(tmp_path / "checkpoint-4"))  # an explicit path must be complete
+    assert trainer.train(True) == str(tmp_path / "checkpoint-2") == trainer.resumed_from
+    assert _Trainer(tmp_path / "new").train("true") is None  # nothing saved yet: from step 0
