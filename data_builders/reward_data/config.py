@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from reward.benchmarks import READERS as BENCHMARK_READERS  # the one import of the benchmark readers
-
 from data_builders.reward_data.readers import FORMATS
+from reward.bench import BENCHMARKS as BENCHMARK_READERS  # the one import of the benchmark readers
 
 
 @dataclass
@@ -52,7 +51,7 @@ class StageSpec:
 
 @dataclass
 class BenchmarkSpec:
-    """An evaluation set to decontaminate against, in a format `reward.benchmarks.read_benchmark` reads."""
+    """An evaluation set to decontaminate against, in a format `reward.bench.read_benchmark` reads."""
 
     name: str
     path: str

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from datasketch import MinHashLSH
-from reward.benchmarks import read_benchmark  # the one import of the benchmark readers
 
 from common.images import image_bytes
 from common.io import SkipLog
 from data_builders.reward_data.config import BenchmarkSpec
 from data_builders.reward_data.dedup import image_key, messages_text, minhash, sketch
+from reward.bench import read_benchmark  # the one import of the benchmark readers
 
 
 @dataclass
