@@ -79,15 +79,8 @@ def clean_run(rounds_args, tmp_path_factory):
     return args, out, run_rounds(RoundsConfig(**{**args, "output_dir": str(out)}))
 
 
-MPO_RESUME_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="MPO resume without DeepSpeed drops the trained backbone (checkpoint key names; issue 9 item 1, fixed on "
-    "another branch): drop this mark once that fix is merged",
-)
-
-
 # Seed 1 kills in round 2's pair building; seed 5 inside its MPO stage, once a checkpoint is complete.
-@pytest.mark.parametrize("seed", [1, pytest.param(5, marks=MPO_RESUME_BUG)])
+@pytest.mark.parametrize("seed", [1, 5])
 def test_killed_in_round_2_resumes_without_redoing_round_1(clean_run, tmp_path, seed):
     args, clean_out, clean = clean_run
     rng = random.Random(seed)
