@@ -24,38 +24,27 @@ import argparse
 import asyncio
 import json
 import platform
-import random
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-from PIL import Image, ImageDraw
 
 from common.scoring import ScoringGroup
 from reward.scorer import RewardScorer
 from reward.serving.images import ImagePolicy, load_request_image, to_data_uri
 from reward.serving.process import server_process
 
-WORDS = "the a red blue green circle square triangle left right top bottom is are two three shape image shows".split()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_scoring import make_groups  # noqa: E402
 
 
 def make_prompts(n: int, k: int, image_size: int, seed: int = 0) -> list[tuple[list[dict], str, list[str]]]:
-    """`n` (prompt messages, image data URI, k responses) with distinct images and questions."""
-    rnd = random.Random(seed)
-    out = []
-    for i in range(n):
-        image = Image.new("RGB", (image_size, image_size), "white")
-        draw = ImageDraw.Draw(image)
-        for _ in range(4):
-            x, y = rnd.randrange(image_size - 60), rnd.randrange(image_size - 60)
-            draw.rectangle((x, y, x + 50, y + 50), fill=rnd.choice(["red", "blue", "green"]))
-        question = " ".join(rnd.choice(WORDS) for _ in range(30)) + f" (question {i})?"
-        prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        responses = [" ".join(rnd.choice(WORDS) for _ in range(40)) + "." for _ in range(k)]
-        out.append((prompt, to_data_uri(image), responses))
-    return out
+    """`n` (prompt messages, image data URI, k responses): the scoring benchmark's groups, images as data URIs."""
+    groups = make_groups(n, k, image_size, response_words=40, seed=seed)
+    return [(g.prompt, to_data_uri(g.images[0]), g.responses) for g in groups]
 
 
 def item_body(prompt: list[dict], image: str, response: str) -> bytes:

@@ -213,21 +213,21 @@ def create_app(scorer, cfg: ServeConfig, model_info: dict | None = None) -> Fast
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/info")
-    async def get_info(request: Request) -> Response:
+    def refused(request: Request) -> Response | None:
+        """The 401/403 response for a GET without the right key, else None."""
         try:
             check_key(request)
         except RequestError as e:
             return JSONResponse(e.to_json(), status_code=e.status)
-        return JSONResponse(info)
+        return None
+
+    @app.get("/info")
+    async def get_info(request: Request) -> Response:
+        return refused(request) or JSONResponse(info)
 
     @app.get("/metrics")
     async def get_metrics(request: Request) -> Response:
-        try:
-            check_key(request)
-        except RequestError as e:
-            return JSONResponse(e.to_json(), status_code=e.status)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return refused(request) or Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
