@@ -24,28 +24,10 @@ from transformers import AutoModelForImageTextToText, ProcessorMixin
 
 from common.distributed import all_gather_objects, barrier, broadcast_object, local_device, print0, rank_and_world
 from common.io import atomic_tmp_path
+from common.run_folder import fingerprint
 from mpo.packing import PairCollator, ensure_fused_lm_head, pair_logps
 
 FORMAT_VERSION = 2  # bump when the packed forward or the stored columns change
-
-
-def hash_path(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of every file under a folder (relative names and contents, in sorted order)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def _data_files(data_path: Path) -> list[Path]:
-    """The dataset's own files: a JSONL file keeps its images in a `<stem>.images/` folder beside it."""
-    images = data_path.with_name(f"{data_path.stem}.images")
-    return [data_path] + ([images] if data_path.is_file() and images.is_dir() else [])
 
 
 def ref_logps_key(
@@ -59,9 +41,9 @@ def ref_logps_key(
     """The cache key: a hash of everything the reference log-probs depend on (see module docstring)."""
     parts = {
         "format": FORMAT_VERSION,
-        "data": [hash_path(p) for p in _data_files(Path(data_path))],
+        "data": fingerprint(data_path),  # the same content hash the run folder records (images folder included)
         "ids": hashlib.sha256("\n".join(dataset["id"]).encode()).hexdigest(),
-        "ref_model": hash_path(ref_model) if Path(ref_model).exists() else ref_model,
+        "ref_model": fingerprint(ref_model),
         "image_size": dict(processor.image_processor.size),
         "chat_template": hashlib.sha256((processor.chat_template or "").encode()).hexdigest(),
         "max_length": max_length,
