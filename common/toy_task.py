@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,12 +145,6 @@ def prompt_record(ex: ToyExample) -> dict:
         "choices": list(CHOICES[ex.kind]),
         "source": f"toy/{ex.kind}",
     }
-
-
-def is_correct(response: str, answer: str, choices: Sequence[str]) -> bool:
-    """True when `response` names `answer` and no other choice (whole words, case-insensitive)."""
-    words = set(re.findall(r"[a-z]+", response.lower()))
-    return answer in words and not any(c in words for c in choices if c != answer)
 
 
 @dataclasses.dataclass

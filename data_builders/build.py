@@ -34,6 +34,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
+from common.correctness import correctness
 from common.distributed import barrier, rank_and_world, resolve_device, shard
 from common.images import ImageError
 from common.io import SkipLog, write_records, write_text_atomic
@@ -43,7 +44,7 @@ from common.scoring import Scorer, ScoringGroup
 from data_builders.chunks import chunk_paths as _chunk_paths
 from data_builders.chunks import prepare_chunks_dir
 from data_builders.config import BuildPairsConfig
-from data_builders.pairing import correctness, pair_record, select_pairs
+from data_builders.pairing import pair_record, select_pairs
 from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_stats, new_stats, write_report
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed
 from data_builders.scoring import make_remote_scorer, make_scorer

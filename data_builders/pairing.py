@@ -21,14 +21,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.record_checks import response_key
-from common.toy_task import is_correct
 
 RULES = ("best_vs_worst", "all_pairs", "correctness")
 
@@ -151,22 +149,6 @@ def select_pairs(
     if not sel.pairs:
         sel.skip_reason = GAP_BELOW_MIN
     return sel
-
-
-def correctness(responses: Sequence[str], answer: str | None, choices: Sequence[str] | None) -> list[bool] | None:
-    """Per-response correctness against the ground truth with the toy task's checker (None without an answer).
-
-    With `choices` (the answer set) a response is correct when it names the answer and no other choice
-    (`common.toy_task.is_correct`); without, when it contains the answer as whole words. Case-insensitive.
-    """
-    if answer is None or not str(answer).strip():
-        return None
-    answer = str(answer).strip().lower()
-    if choices:
-        others = [str(c).strip().lower() for c in choices]
-        return [is_correct(r, answer, others) for r in responses]
-    pattern = re.compile(r"(?<![a-z0-9])" + re.escape(answer) + r"(?![a-z0-9])")
-    return [bool(pattern.search(r.lower())) for r in responses]
 
 
 def pair_record(

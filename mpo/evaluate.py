@@ -3,9 +3,9 @@
 * `pairs`: the fraction of held-out preference pairs where the policy gives the chosen response a higher
   log-probability than the rejected one (`pair_accuracy`), from one packed forward per batch.
 * `prompts`: greedy answers to held-out prompts; where a prompt record has `answer` (and `choices`), `accuracy` is
-  the fraction judged correct by `common.toy_task.is_correct`; with a `scorer` (a `common.scoring.Scorer`, e.g.
-  `reward.scorer.RewardScorer` or a reward-server client, passed in by the recipe: `mpo` does not import `reward`),
-  `mean_reward` is the mean of its scores.
+  the fraction judged correct by `common.correctness` (the rule pair selection uses too); with a `scorer` (a
+  `common.scoring.Scorer`, e.g. `reward.scorer.RewardScorer` or a reward-server client, passed in by the recipe:
+  `mpo` does not import `reward`), `mean_reward` is the mean of its scores.
 
 Every rank scores its share (every `world_size`-th record) and the sums are all-reduced. Under ZeRO-3 the weights are
 gathered on each rank for the duration (generation runs a different number of steps per rank).
@@ -19,9 +19,9 @@ import torch
 from datasets import Dataset
 from transformers import ProcessorMixin
 
+from common.correctness import correctness
 from common.distributed import all_gather_objects, all_reduce_sum, shard, zero3_gathered
 from common.scoring import Scorer, ScoringGroup
-from common.toy_task import is_correct
 from mpo.packing import PairCollator, base_vlm, ensure_fused_lm_head, pair_logps
 
 
@@ -79,11 +79,11 @@ def prompt_metrics(
         records = [prompts[i] for i in idx[start : start + batch_size]]
         responses = generate_answers(model, processor, records, max_new_tokens)
         for rec, resp in zip(records, responses):
-            if rec.get("answer") is not None:
-                ok = is_correct(resp, rec["answer"], rec.get("choices") or [rec["answer"]])
+            verdict = correctness([resp], rec.get("answer"), rec.get("choices"))
+            if verdict is not None:
                 judged += 1
-                correct += ok
-                by_source[rec.get("source") or "-"][0] += ok
+                correct += verdict[0]
+                by_source[rec.get("source") or "-"][0] += verdict[0]
                 by_source[rec.get("source") or "-"][1] += 1
         if scorer is not None:
             groups = [ScoringGroup(list(r["prompt"]), list(r["images"] or []), [s]) for r, s in zip(records, responses)]

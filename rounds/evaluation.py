@@ -1,9 +1,10 @@
 """Held-out evaluation of one round's policy: greedy answers to held-out prompts, judged and scored.
 
-Metrics (`evaluate_round`): `accuracy` (where prompts carry `answer`), the reward of the answers under the training
-reward model (`reward_mean`, `reward_std`) and, when given, a second held-out reward model (`heldout_reward_mean`),
-the answer length in tokens (`length_mean`), and the rate of degenerate answers (`degenerate_rate`, with the share of
-each kind: `empty`, `cut_off` at the token limit, `repeated` word n-grams).
+Metrics (`evaluate_round`): `accuracy` (where prompts carry `answer`, judged by `common.correctness`, as pair
+selection and the MPO evaluation hook judge), the reward of the answers under the training reward model
+(`reward_mean`, `reward_std`) and, when given, a second held-out reward model (`heldout_reward_mean`), the answer
+length in tokens (`length_mean`), and the rate of degenerate answers (`degenerate_rate`, with the share of each kind:
+`empty`, `cut_off` at the token limit, `repeated` word n-grams).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForImageTextToText
 
+from common.correctness import correctness
 from common.processor import load_processor
 from common.scoring import Scorer, ScoringGroup
-from common.toy_task import is_correct
 from mpo.evaluate import generate_answers
 
 
@@ -46,13 +47,13 @@ def answer_metrics(prompts: Sequence[dict], answers: Sequence[str], num_tokens: 
                    rewards: Sequence[float] | None = None, heldout_rewards: Sequence[float] | None = None,
                    ngram: int = 3) -> dict:  # fmt: skip
     """The round's metrics from the held-out answers (pure: testable on hand-made answers)."""
-    judged = [(p, a) for p, a in zip(prompts, answers) if p.get("answer") is not None]
+    verdicts = [correctness([a], p.get("answer"), p.get("choices")) for p, a in zip(prompts, answers)]
+    ok = [v[0] for v in verdicts if v is not None]
     kinds = [degenerate_kind(a, n, max_new_tokens, ngram) for a, n in zip(answers, num_tokens)]
     out = {"prompts": len(answers), "length_mean": statistics.fmean(num_tokens) if num_tokens else float("nan"),
            "degenerate_rate": sum(k is not None for k in kinds) / max(len(kinds), 1),
            "degenerate": {k: kinds.count(k) for k in ("empty", "cut_off", "repeated")}}  # fmt: skip
-    if judged:
-        ok = [is_correct(a, p["answer"], p.get("choices") or [p["answer"]]) for p, a in judged]  # as mpo.evaluate
+    if ok:
         out.update(accuracy=sum(ok) / len(ok), judged=len(ok))
     if rewards is not None:
         out["reward_mean"], out["reward_std"] = _mean_std(rewards)

@@ -37,13 +37,13 @@ import datasets
 import torch
 
 from common.cli import parse_configs
+from common.correctness import correctness
 from common.distributed import free_port
 from common.io import SkipLog, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
 from common.scoring import Scorer
 from data_builders.build import build_pairs
 from data_builders.config import BuildPairsConfig
-from data_builders.pairing import correctness
 from data_builders.report import merge_stats
 from data_builders.sources import read_prompts
 from mpo.config import MPOConfig

@@ -7,7 +7,7 @@ import pytest
 
 from common.schema import validate_preference_record
 from data_builders import pairing
-from data_builders.pairing import Pair, correctness, pair_record, select_pairs
+from data_builders.pairing import Pair, pair_record, select_pairs
 
 R = ["a", "b", "c", "d"]
 
@@ -76,13 +76,6 @@ def test_bad_arguments_raise():
         select_pairs(R, [0.0] * 4, "best")
     with pytest.raises(ValueError, match="4 responses but 3 scores"):
         select_pairs(R, [0.0] * 3)
-
-
-def test_correctness_checker():
-    responses = ["It is red.", "It is blue.", "Red or blue?", "reddish"]
-    assert correctness(responses, "red", ["red", "blue", "green"]) == [True, False, False, False]
-    assert correctness(["The answer is 12.", "112", "12"], "12", None) == [True, False, True]
-    assert correctness(responses, None, None) is None and correctness(responses, " ", None) is None
 
 
 def test_pair_record_is_a_valid_preference_record_with_provenance():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from common.correctness import correctness
 from common.io import read_records
-from common.toy_task import is_correct
 from mpo.evaluate import evaluate_policy, generate_answers
 from mpo.packing import PairCollator, pair_logps
 
@@ -32,7 +32,7 @@ def test_evaluate_policy_against_direct_computation(tiny_policy, toy_data):
 
     records = [dict(prompts[i]) for i in range(len(prompts))]
     answers = generate_answers(model, processor, records, max_new_tokens=6)
-    right = [is_correct(a, r["answer"], r["choices"]) for a, r in zip(answers, records)]
+    right = [correctness([a], r["answer"], r["choices"])[0] for a, r in zip(answers, records)]
     assert m["judged"] == 8 and m["accuracy"] == pytest.approx(sum(right) / 8)
     assert set(m["accuracy_by_source"]) == {r["source"] for r in records}
     assert [g.responses for g in seen] == [[a] for a in answers]  # the scorer saw every greedy answer
