@@ -167,6 +167,9 @@ class CompleteCheckpointsMixin:
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate only after the marker
+        if self.args.should_save:  # rewriting a checkpoint: it is incomplete until the new marker is written
+            (folder / COMPLETE_FILE).unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
         try:
             super()._save_checkpoint(model, trial)
         except Exception as err:

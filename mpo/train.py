@@ -118,7 +118,7 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
                          "--overwrite_output_dir true to start over")  # fmt: skip
     inputs = {"model": cfg.model_name_or_path, "reference model": cfg.ref_model_name_or_path,
               "train_data": cfg.train_data, "eval_pairs": cfg.eval_pairs, "eval_prompts": cfg.eval_prompts}  # fmt: skip
-    claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
+    same_run = claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
     if cfg.wandb_project:
         os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
@@ -161,7 +161,8 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
     if eval_pairs or eval_prompts:
         callbacks.append(_EvalEveryNSteps(cfg.eval_every_n_steps, run_eval))
     trainer = MPOTrainer(load_policy(cfg, dtype), cfg, dataset, processor, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint or None)
+    # a rerun of the same run resumes from its newest complete checkpoint, as the reward trainer does
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint or (True if same_run else None))
     _save_final(trainer, cfg, processor, dtype)
     final_eval = {}
     if eval_pairs or eval_prompts:  # the every-N hook may have just run at this step

@@ -37,7 +37,7 @@ class ScorerConfig:
     model_name_or_path: str = field(
         default=None,
         metadata={
-            "help": "Reward model folder (ours or the Skywork-VL-Reward format) or a base Qwen2.5-VL folder.",
+            "help": "Reward model folder (ours or the Skywork-VL-Reward format, with value_head.safetensors).",
             "aliases": ["--model"],
         },
     )
@@ -60,7 +60,7 @@ class ScorerConfig:
 
     def __post_init__(self):
         if not self.model_name_or_path:
-            raise ValueError("model_name_or_path (--model) is required: a reward model or base Qwen2.5-VL folder")
+            raise ValueError("model_name_or_path (--model) is required: a reward model folder")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
         if self.batch_size < 1:

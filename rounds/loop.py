@@ -177,9 +177,8 @@ class Rounds:
             if cfg.report_to == "wandb":  # its own run in the group (WANDB_RUN_GROUP)
                 args += ["--report_to", "wandb", "--run_name", f"{self.group}-round-{r}", "--wandb_project",
                          cfg.wandb_project]  # fmt: skip
-            if list(mpo.glob("checkpoint-*")):
+            if list(mpo.glob("checkpoint-*")):  # the MPO job resumes by itself on the same command
                 self.log(f"round {r}: mpo: resuming from the last checkpoint in {mpo}")
-                args += ["--resume_from_checkpoint", "true"]
             self._job("recipes/mpo_qwen.py", MPOConfig, train_mpo, args)
         return mpo
 

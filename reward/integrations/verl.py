@@ -5,7 +5,7 @@ compute_score`), each sample's `extra_info` carries what the reward model needs 
 
     extra_info = {
         "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "..."}]}],  # or a string
-        "images": ["data:image/png;base64,...", ...],   # data URIs, or paths the server may read (--image_root)
+        "images": ["data:image/png;base64,...", ...],   # data URIs, or local paths (read here, sent as data URIs)
         "reward_url": "http://127.0.0.1:8000",           # optional: else $VLRM_REWARD_URL
     }
 

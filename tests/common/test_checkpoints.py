@@ -1,6 +1,7 @@
 """`common.checkpoints`: strict weight loading through the checkpoint key mapping, and completeness checks."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ from transformers import AutoModelForImageTextToText
 
 from common.checkpoints import (
     COMPLETE_FILE,
+    CheckpointWriteError,
     CompleteCheckpointsMixin,
     checkpoint_key_names,
     incomplete_reason,
@@ -98,3 +100,37 @@ def test_train_resolves_what_to_resume_from(tmp_path):
         trainer.train(str(tmp_path / "checkpoint-4"))  # an explicit path must be complete
     assert trainer.train(True) == str(tmp_path / "checkpoint-2") == trainer.resumed_from
     assert _Trainer(tmp_path / "new").train("true") is None  # nothing saved yet: from step 0
+
+
+class _Saving:
+    def _save_checkpoint(
+        self, model, trial
+    ):  # writes new weights, then dies before the optimizer (a kill, a full disk)
+        folder = self._get_output_dir(trial) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"new")
+        raise OSError("No space left on device")
+
+
+class _SavingTrainer(CompleteCheckpointsMixin, _Saving):
+    def __init__(self, output_dir, step):
+        self.args = SimpleNamespace(output_dir=str(output_dir), save_total_limit=None, should_save=True)
+        self.state = SimpleNamespace(global_step=step, best_model_checkpoint=None)
+        self.accelerator = SimpleNamespace(wait_for_everyone=lambda: None)
+
+    def _get_output_dir(self, trial):
+        return Path(self.args.output_dir)
+
+
+def test_rewriting_a_checkpoint_unmarks_it_first(tmp_path):
+    """A run that writes checkpoint-N again (a rerun from an older checkpoint) and dies half way must not leave the old
+    marker vouching for the mix of new and old files (same-shape tensors have the same sizes)."""
+    old = tmp_path / "checkpoint-4"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(b"old")
+    (old / "optimizer.pt").write_bytes(b"old optimizer")
+    mark_complete(old)
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        _SavingTrainer(tmp_path, step=4)._save_checkpoint(None, None)
+    assert incomplete_reason(old) == f"no {COMPLETE_FILE}: the run stopped while writing it"
+    assert last_complete_checkpoint(tmp_path) is None

@@ -68,9 +68,9 @@ def test_freeze_parts(tiny_vlm_path, flags, trainable):
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_without_deepspeed_equals_uninterrupted(lora, tiny_vlm_path, toy_data, tmp_path):
-    """Killed after step 3 (checkpoint-2 on disk), rerun with `resume_from_checkpoint=True`: steps 3 and 4 give the
-    uninterrupted run's losses and the final model its weights (a resume that skips the backbone restarts it from the
-    base weights)."""
+    """Killed after step 3 (checkpoint-2 on disk), rerun with the same command (no resume flag: the run folder holds
+    this run, so it resumes): steps 3 and 4 give the uninterrupted run's losses and the final model its weights (a
+    resume that skips the backbone restarts it from the base weights)."""
 
     def cfg(name, **kw):
         return MPOConfig(output_dir=str(tmp_path / name), use_cpu=True, bf16=False, model_name_or_path=str(tiny_vlm_path),
@@ -83,7 +83,7 @@ def test_resume_without_deepspeed_equals_uninterrupted(lora, tiny_vlm_path, toy_
     train_mpo(cfg("full"), callbacks=[full])
     with pytest.raises(KeyboardInterrupt):
         train_mpo(cfg("killed"), callbacks=[KillAtStep(3)])
-    train_mpo(cfg("killed", resume_from_checkpoint=True), callbacks=[resumed])
+    train_mpo(cfg("killed"), callbacks=[resumed])
     assert sorted(resumed.losses) == [3, 4]
     for step in (3, 4):
         assert resumed.losses[step] == pytest.approx(full.losses[step], abs=1e-6), step

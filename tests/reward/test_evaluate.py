@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from common.images import load_image
 from common.schema import RecordError
 from reward.bench import read_benchmark, scored_row
 from reward.bench.mm_rewardbench import metrics as mm_rewardbench_metrics
@@ -16,7 +17,6 @@ from reward.bench.rewardbench import SECTIONS as REWARDBENCH_SECTIONS
 from reward.bench.rewardbench import metrics as rewardbench_metrics
 from reward.bench.vl_rewardbench import metrics as vl_rewardbench_metrics
 from reward.bench.vl_rewardbench import source as vl_rewardbench_source
-from reward.scorer import load_image
 
 
 @pytest.mark.parametrize(
