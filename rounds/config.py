@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from common.config_checks import model_path_problems, output_dir_problems, raise_problems
+
 PROMPT_SCHEDULES = ("fresh", "same")
 REFERENCES = ("round_start", "initial")
 SELECTIONS = ("reward", "hybrid")
@@ -100,19 +102,16 @@ class RoundsConfig:
 
     def validate(self) -> None:
         """Check every field at once; raise one ValueError listing all problems."""
-        problems = []
-        for name in (
-            "policy_name_or_path",
-            "prompts",
-            "eval_prompts",
-            "build_pairs_config",
-            "mpo_config",
-            "output_dir",
-        ):
-            if not getattr(self, name):
-                problems.append(f"{name} is required (--{name} ...)")
+        problems = [f"{name} is required (--{name} ...)" for name in ("prompts", "eval_prompts", "build_pairs_config",
+                                                                     "mpo_config") if not getattr(self, name)]  # fmt: skip
+        problems += model_path_problems(self.policy_name_or_path, "policy_name_or_path")
         if not self.reward_model_name_or_path and not self.reward_url:
             problems.append("reward_model_name_or_path or reward_url is required (the reward model that ranks samples)")
+        elif not self.reward_url:  # with reward_url a reward server scores: no local reward model is read
+            problems += model_path_problems(self.reward_model_name_or_path, "reward_model_name_or_path")
+        problems += model_path_problems(self.heldout_reward_model_name_or_path, "heldout_reward_model_name_or_path",
+                                        required=False)  # fmt: skip
+        problems += output_dir_problems(self.output_dir)
         choices = {"prompt_schedule": PROMPT_SCHEDULES, "reference": REFERENCES, "selection": SELECTIONS,
                    "report_to": ("none", "wandb")}  # fmt: skip
         for name, allowed in choices.items():
@@ -134,5 +133,4 @@ class RoundsConfig:
         for name in ("build_pairs_args", "mpo_args"):
             for flag in set(getattr(self, name)) & owned:
                 problems.append(f"{name}: {flag} is set by the loop per round; use the rounds config instead")
-        if problems:
-            raise ValueError("invalid RoundsConfig:\n  - " + "\n  - ".join(problems))
+        raise_problems("RoundsConfig", problems)

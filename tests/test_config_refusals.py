@@ -94,3 +94,27 @@ def test_hub_ids_pass_only_when_the_hub_may_be_used(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "HF_HUB_OFFLINE=1" in model_path_problems("Qwen/Qwen2.5-VL-7B-Instruct", "m")[0]
     assert model_path_problems(str(tmp_path), "m") == []
+
+
+def test_reward_data_and_rounds_refuse_a_file_as_output_dir_and_missing_models(monkeypatch, tmp_path, toy_data):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    msg = _refusal(monkeypatch, "build_reward_data.py", "--config", "recipes/configs/reward_data_tiny.yaml",
+                   "--reward_model_name_or_path", tmp_path / "no-reward", "--output_dir", a_file)  # fmt: skip
+    assert f"output_dir: '{a_file}' is an existing file" in msg
+    assert f"reward_model_name_or_path: the local path '{tmp_path}/no-reward' does not exist" in msg
+    msg = _refusal(monkeypatch, "build_reward_data.py", "--config", "recipes/configs/reward_data_tiny.yaml",
+                   "--reward_model_name_or_path", tmp_path, "--reward_url", "http://127.0.0.1:1")  # fmt: skip
+    assert "reward_model_name_or_path and reward_url: give one" in msg
+    rounds = ("--config", "recipes/configs/mpo_rounds_tiny.yaml", "--prompts", toy_data["prompts_train"],
+              "--eval_prompts", toy_data["prompts_eval"])  # fmt: skip
+    msg = _refusal(monkeypatch, "mpo_rounds.py", *rounds, "--policy_name_or_path", tmp_path / "no-policy",
+                   "--reward_model_name_or_path", tmp_path / "no-reward", "--output_dir", a_file)  # fmt: skip
+    for needle in (f"output_dir: '{a_file}' is an existing file",
+                   f"policy_name_or_path: the local path '{tmp_path}/no-policy' does not exist",
+                   f"reward_model_name_or_path: the local path '{tmp_path}/no-reward' does not exist"):  # fmt: skip
+        assert needle in msg, needle
+    msg = _refusal(monkeypatch, "mpo_rounds.py", *rounds, "--policy_name_or_path", tmp_path, "--reward_url",
+                   "http://127.0.0.1:1", "--heldout_reward_model_name_or_path", tmp_path / "no-heldout")  # fmt: skip
+    assert "output_dir: required" in msg and "heldout_reward_model_name_or_path: the local path" in msg
+    assert "  policy_name_or_path" not in msg and "  reward_model_name_or_path" not in msg

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from common.config_checks import model_path_problems, output_dir_problems, raise_problems
 from data_builders.reward_data.readers import FORMATS
 from reward.bench import BENCHMARKS as BENCHMARK_READERS  # the one import of the benchmark readers
 
@@ -122,9 +123,13 @@ class RewardDataConfig:
     decontam_text_threshold: float = field(
         default=0.8, metadata={"help": "Benchmark overlap: prompt MinHash Jaccard at least this (or equal text)."}
     )
-    # > surrogate reward-model filter (off without reward_model_name_or_path)
+    # > surrogate reward-model filter (off without reward_model_name_or_path or reward_url)
     reward_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Reward model that scores every pair (off when unset)."}
+    )
+    reward_url: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reward server URL(s) (recipes/serve_reward.py) that score instead of a local reward model."},
     )
     filter_min_chosen_score: float | None = field(
         default=None, metadata={"help": "Drop/flag pairs whose chosen score is below this (None: no bound)."}
@@ -191,8 +196,11 @@ class RewardDataConfig:
             problems.append("sources: give at least one source (see data_builders/reward_data/config.py)")
         if not stages:
             problems.append("stages: give at least one stage")
-        if not self.output_dir:
-            problems.append("output_dir is required (--output_dir ...)")
+        problems += output_dir_problems(self.output_dir)
+        if self.reward_url and self.reward_model_name_or_path:
+            problems.append("reward_model_name_or_path and reward_url: give one (the filter's reward model is either "
+                            "local or a server)")  # fmt: skip
+        problems += model_path_problems(self.reward_model_name_or_path, "reward_model_name_or_path", required=False)
         choices = {"filter_action": ("drop", "flag"), "report_to": ("none", "wandb"),
                    "dtype": ("float32", "bfloat16", "float16")}  # fmt: skip
         for name, allowed in choices.items():
@@ -206,8 +214,7 @@ class RewardDataConfig:
                 problems.append(f"{name}={getattr(self, name)}: must be in (0, 1]")
         if not 0 <= self.image_hash_distance <= 64:
             problems.append(f"image_hash_distance={self.image_hash_distance}: must be in [0, 64]")
-        if problems:
-            raise ValueError("invalid RewardDataConfig:\n  - " + "\n  - ".join(problems))
+        raise_problems("RewardDataConfig", problems)
 
     def inputs(self) -> dict[str, str]:
         """The files the output depends on, by name (their content is fingerprinted by `common.run_folder`)."""

@@ -26,7 +26,7 @@ import itertools
 import json
 import multiprocessing
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
+from common.distributed import resolve_device
 from common.io import check_row_parsed, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
 from common.schema import RecordError, message_text, validate_preference_record
@@ -205,15 +206,36 @@ class Pipeline:
 
 
 def _make_surrogate(cfg: RewardDataConfig, scorer: Scorer | None) -> SurrogateFilter | None:
+    if scorer is None and cfg.reward_url:
+        from data_builders.scoring import make_remote_scorer
+
+        scorer = make_remote_scorer(cfg.reward_url, cfg.score_batch_size)
     if scorer is None and not cfg.reward_model_name_or_path:
         return None
     if scorer is None:
-        from data_builders.sampling import resolve_device
         from data_builders.scoring import make_scorer
 
         scorer = make_scorer(cfg.reward_model_name_or_path, cfg.dtype, str(resolve_device(cfg.device)),
                              cfg.score_batch_size, cfg.min_pixels, cfg.max_pixels)  # fmt: skip
     return SurrogateFilter(scorer, cfg.filter_min_chosen_score, cfg.filter_min_gap, cfg.score_batch_size)
+
+
+@dataclass
+class FilterScorer:
+    """The surrogate filter's scorer, recorded beside the config in the run's identity (`common.run_folder`): one
+    passed in code is no config field, yet decides which pairs are kept, so a rerun with another one is refused."""
+
+    filter_scorer: str
+
+    @classmethod
+    def of(cls, cfg: RewardDataConfig, scorer: Scorer | None) -> FilterScorer:
+        if scorer is None:  # built from the config, whose fields count already
+            given = [name for name in ("reward_model_name_or_path", "reward_url") if getattr(cfg, name)]
+            return cls(f"config: {given[0]}" if given else "none (no filter)")
+        urls = getattr(scorer, "urls", None)
+        path = getattr(getattr(scorer, "config", None), "model_name_or_path", None)
+        where = f"urls={list(urls)}" if urls else f"model={path}" if path else ""
+        return cls(f"{type(scorer).__name__}({where})")
 
 
 def _keys_path(out: Path, chunk: int) -> Path:
@@ -225,8 +247,9 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
 
     Args:
         cfg: the job's config (validated first).
-        scorer: a ready-made `Scorer` for the surrogate filter (e.g. the reward server's client); by default the
-            local reward model at `cfg.reward_model_name_or_path`, or no filter when that is unset.
+        scorer: a ready-made `Scorer` for the surrogate filter; by default the reward server at `cfg.reward_url`,
+            the local reward model at `cfg.reward_model_name_or_path`, or no filter when neither is set. Which one
+            is part of the run's identity: a rerun into the same `output_dir` with another one is refused.
 
     Raises:
         ValueError: an invalid config. common.run_folder.RunFolderError: `output_dir` holds a different build.
@@ -236,7 +259,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
         datasets.disable_progress_bars()
     sources, stages, bench_specs, _ = cfg.specs()
     out = Path(cfg.output_dir)
-    claim_output_dir(out, [cfg], cfg.inputs(), overwrite=cfg.overwrite_output_dir)
+    claim_output_dir(out, [cfg, FilterScorer.of(cfg, scorer)], cfg.inputs(), overwrite=cfg.overwrite_output_dir)
     prepare_chunks_dir(out)
     benchmarks = BenchmarkIndex(bench_specs, cfg.decontam_text_threshold, cfg.image_hash_distance, cfg.num_perm)
     pipeline = Pipeline(cfg, benchmarks, None)  # its image-hashing pool forks before any model is loaded

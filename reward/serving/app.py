@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from common.config_checks import raise_problems
 from reward.serving.api import Limits, RequestError, RequestParser
 from reward.serving.batcher import DynamicBatcher
 from reward.serving.images import ImagePolicy
@@ -80,8 +81,7 @@ class ServeConfig:
                             "an item could never be scored")  # fmt: skip
         if self.image_root is not None and not os.path.isdir(self.image_root):
             problems.append(f"image_root={self.image_root!r} is not a folder")
-        if problems:
-            raise ValueError("invalid ServeConfig:\n  - " + "\n  - ".join(problems))
+        raise_problems("ServeConfig", problems)
 
     def limits(self) -> Limits:
         policy = ImagePolicy(max_image_bytes=int(self.max_image_mb * 2**20), max_image_pixels=self.max_image_pixels,

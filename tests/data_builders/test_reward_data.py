@@ -109,7 +109,7 @@ def test_benchmark_index_matches_prompt_and_image():
     assert index.find(text("What is 2 + 3?"), []) is None
 
 
-def test_job_on_the_tiny_config_counts_every_step_and_removes_only_planted_items(tmp_path):
+def test_job_on_the_tiny_config_counts_every_step_and_removes_only_planted_items(tmp_path, reward_scorer):
     paths = build_reward_data(tiny_config(tmp_path / "out"))
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
@@ -151,6 +151,9 @@ def test_job_on_the_tiny_config_counts_every_step_and_removes_only_planted_items
     assert "| decontaminate | 7 | 5 | overlaps vl_rewardbench: 2 |" in (out / "report.md").read_text()
     with pytest.raises(RunFolderError, match="config field seed: 0 -> 1"):  # another mix into the same folder
         build_reward_data(tiny_config(out, "--seed", "1"))
+    # a filter scorer passed in code is part of the run too: unfiltered chunks must not mix with filtered ones
+    with pytest.raises(RunFolderError, match=r"config field filter_scorer: 'none \(no filter\)' -> 'RewardScorer\(mo"):
+        build_reward_data(tiny_config(out), scorer=reward_scorer)
     assert yaml.safe_load((out / "stages.yaml").read_text())["stages"][0] == {
         "name": "multimodal", "datasets": {str(paths["multimodal"]): 1.0}}  # fmt: skip
 
@@ -182,7 +185,7 @@ def reward_scorer(tiny_reward_path):
     return make_scorer(str(tiny_reward_path), "float32", "cpu", 4, None, None)
 
 
-def test_surrogate_filter_on_the_tiny_reward_model(reward_scorer, tmp_path):
+def test_surrogate_filter_on_the_tiny_reward_model(reward_scorer, tmp_path, monkeypatch):
     base = ["--sources", json.dumps([{"name": "rlaif_v", "format": "rlaif_v", "path": str(
         REPO / "tests/data_builders/fixtures/reward_data/rlaif_v.parquet")}, {"name": "skywork", "format": "skywork",
         "path": str(REPO / "tests/data_builders/fixtures/reward_data/skywork.jsonl")}]),
@@ -214,6 +217,23 @@ def test_surrogate_filter_on_the_tiny_reward_model(reward_scorer, tmp_path):
             assert len(z["ids"]) == len(z["text_hash"]) == len(z["exact"])
             indexed += z["ids"].tolist()
     assert sorted(indexed) == sorted(flagged["id"]) and len(indexed) > len(kept)
+    with pytest.raises(RunFolderError, match=r"filter_scorer: 'RewardScorer\(model=.*tiny.*' -> 'none \(no filter\)'"):
+        build_reward_data(tiny_config(tmp_path / "flag", *base, "--filter_action", "flag"))
+    # reward_url: the filter scores through the reward server's client, built from the URLs
+    calls = []
+
+    def remote(urls, batch_size):
+        calls.append((urls, batch_size))
+        return reward_scorer  # stands in for the server's client (tests/reward/test_integrations.py tests that one)
+
+    monkeypatch.setattr("data_builders.scoring.make_remote_scorer", remote)
+    urls = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    remote_cfg = tiny_config(tmp_path / "remote", *base, "--filter_action", "flag", "--reward_url", *urls)
+    by_url = read_records(build_reward_data(remote_cfg)["all"])
+    assert calls == [(urls, 8)]
+    assert by_url["chosen_score"] == flagged["chosen_score"] and by_url["meta"] == flagged["meta"]
+    with pytest.raises(RunFolderError, match=r"reward_url: \['http://127.0.0.1:1', 'http://127.0.0.1:2'\] -> \[\]"):
+        build_reward_data(tiny_config(tmp_path / "remote", *base, "--filter_action", "flag"))
     weak = SurrogateFilter(reward_scorer, min_chosen_score=None, min_gap=0.5)
     assert weak.reason(1.0, 0.8) == "surrogate: gap < 0.5" and weak.reason(1.0, 2.0) == NEGATIVE_GAP
 
@@ -233,7 +253,7 @@ def test_bad_config_lists_every_problem(tmp_path):
     with pytest.raises(ValueError) as err:
         cfg.validate()
     for needle in ("format='nope'", "missing' does not exist", "sources[1]: format is required", "unknown source 'y'",
-                   "text_only_share=1.5", "unknown benchmark 'mmlu'", "output_dir is required"):  # fmt: skip
+                   "text_only_share=1.5", "unknown benchmark 'mmlu'", "output_dir: required"):  # fmt: skip
         assert needle in str(err.value), needle
 
 

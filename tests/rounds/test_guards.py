@@ -65,6 +65,6 @@ def test_config_lists_every_problem():
     with pytest.raises(ValueError) as e:
         cfg.validate()
     msg = str(e.value)
-    for needle in ("policy_name_or_path is required", "num_rounds=0", "selection='x'", "--train_data is set by the loop",
+    for needle in ("policy_name_or_path: required", "num_rounds=0", "selection='x'", "--train_data is set by the loop",
                    "hacking_tolerance=-1"):  # fmt: skip
         assert needle in msg
