@@ -42,6 +42,7 @@ from common.distributed import free_port
 from common.io import SkipLog, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
 from common.scoring import Scorer
+from common.tracking import wandb_run
 from data_builders.build import build_pairs
 from data_builders.config import BuildPairsConfig
 from data_builders.report import merge_stats
@@ -322,15 +323,16 @@ class Rounds:
         import wandb
 
         cfg = self.cfg
-        run = wandb.init(project=cfg.wandb_project, group=self.group, name=f"{self.group}-rounds", job_type="rounds",
-                         config=dataclasses.asdict(cfg), dir=str(self.out), reinit="finish_previous")  # fmt: skip
-        for r, rec in sorted(records.items()):
-            scalars = {f"eval/{k}": v for k, v in rec["eval"].items() if isinstance(v, (int, float))}
-            scalars.update({f"pairs/{k}": v for k, v in rec.get("stats", {}).items() if isinstance(v, (int, float))})
-            run.log({"round": r, **scalars}, step=r)
-        run.log({name: wandb.Image(str(self.out / f"rounds_{name}.png")) for name in PLOTS})
-        run.summary.update({"best_round": result["best_round"], "stopped": (result["stopped"] or {}).get("reason")})
-        run.finish()
+        with wandb_run(f"{self.group}-rounds", dataclasses.asdict(cfg), self.out, project=cfg.wandb_project,
+                       group=self.group, job_type="rounds", reinit="finish_previous") as run:  # fmt: skip
+            for r, rec in sorted(records.items()):
+                scalars = {f"eval/{k}": v for k, v in rec["eval"].items() if isinstance(v, (int, float))}
+                scalars.update(
+                    {f"pairs/{k}": v for k, v in rec.get("stats", {}).items() if isinstance(v, (int, float))}
+                )
+                run.log({"round": r, **scalars}, step=r)
+            run.log({name: wandb.Image(str(self.out / f"rounds_{name}.png")) for name in PLOTS})
+            run.summary.update({"best_round": result["best_round"], "stopped": (result["stopped"] or {}).get("reason")})
 
 
 def run_rounds(cfg: RoundsConfig, scorer: Scorer | None = None, heldout_scorer: Scorer | None = None) -> dict:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from common.io import write_text_atomic
+from common.tracking import pyplot, save_figure
 
 LOSSES = ("loss", "loss/dpo", "loss/bco", "loss/sft")
 PLOTS = ("metrics", "pair_rewards", "mpo_losses")
@@ -53,11 +54,7 @@ def write_report(out: Path, records: dict[int, dict], result: dict | None = None
 
 
 def _plots(out: Path, records: dict[int, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rounds = sorted(records)
     metrics = [("accuracy", "held-out correctness"), ("reward_mean", "held-out mean reward"),
                ("length_mean", "answer length (tokens)"), ("degenerate_rate", "degenerate rate")]  # fmt: skip
@@ -70,9 +67,7 @@ def _plots(out: Path, records: dict[int, dict]) -> None:
         else:
             ax.plot(rounds, ys, marker="o")
         ax.set(title=title, xlabel="round", xticks=rounds)
-    fig.tight_layout()
-    fig.savefig(out / "rounds_metrics.png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out / "rounds_metrics.png")
 
     trained = [r for r in rounds if r > 0]
     fig, axes = plt.subplots(1, max(len(trained), 1), figsize=(4 * max(len(trained), 1), 3.2), squeeze=False)
@@ -83,9 +78,7 @@ def _plots(out: Path, records: dict[int, dict]) -> None:
                 ax.hist(st[f"{side}_scores"], bins=20, alpha=0.6, label=side)
         ax.set(title=f"round {r}: pair rewards", xlabel="reward")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "rounds_pair_rewards.png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out / "rounds_pair_rewards.png")
 
     fig, axes = plt.subplots(1, len(LOSSES), figsize=(4 * len(LOSSES), 3.2))
     for ax, key in zip(axes, LOSSES):
@@ -99,6 +92,4 @@ def _plots(out: Path, records: dict[int, dict]) -> None:
         ax.set(title=key, xlabel="MPO step (cumulative)")
         if trained:
             ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "rounds_mpo_losses.png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out / "rounds_mpo_losses.png")
