@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import datasets
 import pyarrow as pa
+import pyarrow.parquet as pq
 from datasets import Dataset
 
 from common.images import image_bytes
@@ -113,7 +114,13 @@ def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
                 except json.JSONDecodeError as e:
                     yield {BAD_JSON: f"line {lineno}: {e}"}
         return
-    ds = Dataset.from_parquet(str(path)) if fmt == "parquet" else _load_folder(path)
+    if fmt == "parquet":
+        yield from _parquet_rows([path])
+        return
+    if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        yield from _parquet_rows(_parquet_shards(path))
+        return
+    ds = _load_folder(path)
     for name, feature in ds.features.items():
         if isinstance(feature, datasets.Image):
             ds = ds.cast_column(name, datasets.Image(decode=False))
@@ -122,17 +129,28 @@ def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
     yield from ds
 
 
+def _parquet_rows(paths: list[Path]) -> Iterator[dict]:
+    """Rows of Parquet files, one record batch at a time: memory bounded by a batch, no Arrow cache copy on disk
+    (image columns come as their stored `{"bytes", "path"}`, undecoded)."""
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+            yield from batch.to_pylist()
+
+
+def _parquet_shards(path: Path) -> list[Path]:
+    """The Parquet files of a folder holding one split's shards (a hub snapshot's `data/`)."""
+    shards = sorted(path.rglob("*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{path}: neither a datasets folder nor a folder of .parquet files")
+    # hub shards are named <split>-00000-of-00001.parquet; never mix splits (RewardBench ships `raw` too)
+    splits = sorted({re.sub(r"-\d{5}-of-\d{5}$", "", s.stem) for s in shards})
+    if len(splits) > 1 and all(re.search(r"-\d{5}-of-\d{5}$", s.stem) for s in shards):
+        raise ValueError(f"{path}: shards of several splits {splits}; point at one split's file")
+    return shards
+
+
 def _load_folder(path: Path) -> Dataset:
-    """A `save_to_disk` folder (one split of a `DatasetDict`) or a folder of one split's Parquet shards."""
-    if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
-        shards = sorted(str(p) for p in path.rglob("*.parquet"))
-        if not shards:
-            raise FileNotFoundError(f"{path}: neither a datasets folder nor a folder of .parquet files")
-        # hub shards are named <split>-00000-of-00001.parquet; never mix splits (RewardBench ships `raw` too)
-        splits = sorted({re.sub(r"-\d{5}-of-\d{5}$", "", Path(s).stem) for s in shards})
-        if len(splits) > 1 and all(re.search(r"-\d{5}-of-\d{5}$", Path(s).stem) for s in shards):
-            raise ValueError(f"{path}: shards of several splits {splits}; point at one split's file")
-        return Dataset.from_parquet(shards)
+    """A `save_to_disk` folder: a `Dataset`, or one split of a `DatasetDict`."""
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         split = next((s for s in ("test", "filtered", "train") if s in ds), None)

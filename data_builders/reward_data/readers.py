@@ -41,8 +41,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from common.io import iter_raw_rows
 from common.schema import RecordError
 from data_builders.sources import as_list, first_of, user_messages
@@ -80,37 +78,6 @@ class ImageResolver:
                 raise KeyError(f"{path} is not a file")
             return member.read()
         return (self.root / path if not Path(path).is_absolute() else Path(path)).read_bytes()
-
-
-def _parquet_rows(path: Path) -> Iterator[dict]:
-    """Rows of a Parquet file in record batches (no Arrow cache copy; memory bounded by one batch)."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-        yield from batch.to_pylist()
-
-
-def iter_table(path: str | Path) -> Iterator[dict]:
-    """Rows of a JSONL/JSON/Parquet file, a folder of Parquet shards or a `datasets` folder (images undecoded).
-
-    A `.json` file holding one array is loaded whole (the one format that cannot stream); otherwise one row a line.
-    """
-    path = Path(path)
-    if path.suffix == ".json" and path.is_file():
-        with open(path) as f:
-            head = f.read(1024).lstrip()[:1]
-        if head == "[":
-            yield from json.loads(path.read_text())
-            return
-    if path.suffix == ".parquet":
-        yield from _parquet_rows(path)
-        return
-    if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "state.json").exists():
-        shards = sorted(path.rglob("*.parquet"))
-        if not shards:
-            raise FileNotFoundError(f"{path}: neither a datasets folder nor a folder of .parquet files")
-        for shard in shards:
-            yield from _parquet_rows(shard)
-        return
-    yield from iter_raw_rows(path)
 
 
 def _text(value: Any, ref: str, field: str) -> str:
@@ -283,11 +250,11 @@ def iter_source_rows(fmt: str, path: str | Path, image_root: str | None = None) 
     if fmt == "mmpr":
         for name, annotation, root in _mmpr_tables(path, image_root):
             convert = _bind(fmt, ImageResolver(root), {"_subset": name})
-            for row in iter_table(annotation):
+            for row in iter_raw_rows(annotation):
                 yield row, convert
         return
     convert = _bind(fmt, ImageResolver(image_root or (path if path.is_dir() else path.parent)), {})
-    for row in iter_table(path):
+    for row in iter_raw_rows(path):
         yield row, convert
 
 
