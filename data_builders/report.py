@@ -96,9 +96,12 @@ def _markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _histogram(values: list[float], title: str, path: Path) -> None:
+def _histogram(values: list[float] | Mapping[float, int], title: str, path: Path) -> None:
+    """A 30-bin histogram of `values`, given as a list or as counts per value (the same bins either way)."""
+    pairs = values.items() if isinstance(values, Mapping) else ((v, 1) for v in values)
+    finite = [(v, n) for v, n in pairs if math.isfinite(v)]
     fig, ax = pyplot().subplots(figsize=(5, 3.2))
-    ax.hist([v for v in values if math.isfinite(v)], bins=30)
+    ax.hist([v for v, _ in finite], bins=30, weights=[n for _, n in finite])
     ax.set_title(title)
     ax.set_ylabel("count")
     save_figure(fig, path)
@@ -114,8 +117,9 @@ def write_report(
 
 
 def write_report_files(out_dir: Path, report: Mapping[str, Any], markdown: str,
-                       histograms: Mapping[str, tuple[list[float], str]]) -> None:  # fmt: skip
-    """`hist_<name>.png` for each `name: (values, title)`, then `report.json` and `report.md` (atomic writes)."""
+                       histograms: Mapping[str, tuple[list[float] | Mapping[float, int], str]]) -> None:  # fmt: skip
+    """`hist_<name>.png` for each `name: (values or counts per value, title)`, then `report.json` and `report.md`
+    (atomic writes)."""
     for name, (values, title) in histograms.items():
         _histogram(values, title, out_dir / f"hist_{name}.png")
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))

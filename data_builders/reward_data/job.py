@@ -48,7 +48,7 @@ from data_builders.reward_data.dedup import DedupIndex, image_keys, messages_tex
 from data_builders.reward_data.filtering import SurrogateFilter, ambiguous_reason
 from data_builders.reward_data.mixing import plan_stage
 from data_builders.reward_data.readers import iter_source_rows
-from data_builders.reward_data.report import log_to_wandb, merge_chunk_stats, write_report
+from data_builders.reward_data.report import add_chunk_stats, log_to_wandb, new_total, write_report
 
 STEPS = ("read", "validate", "ambiguous", "images", "decontaminate", "exact_dedup", "near_dedup", "surrogate")
 _MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(
@@ -265,7 +265,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
     pipeline = Pipeline(cfg, benchmarks, None)  # its image-hashing pool forks before any model is loaded
     pipeline.surrogate = _make_surrogate(cfg, scorer)
     bar = tqdm(unit="row", desc="build_reward_data", disable=not cfg.progress)
-    chunk_stats = []
+    total, kept = new_total(), _KeptPairs(sources)
     try:
         rows = iter_rows(sources)
         for c in itertools.count():
@@ -275,7 +275,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
             data, stats_path = chunk_paths(out, c)
             if stats_path.exists():  # finished by an earlier run: only its keys are needed
                 pipeline.index.load_chunk(_keys_path(out, c))
-                chunk_stats.append(json.loads(stats_path.read_text()))
+                stats_data = json.loads(stats_path.read_text())
             else:
                 records, (indexed, keys), stats = pipeline.process(chunk)
                 if records:
@@ -284,29 +284,58 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
                 stats.data["chunk"] = c
                 text = json.dumps(stats.data, sort_keys=True)
                 write_text_atomic(stats_path, text)  # last: marks the chunk finished
-                chunk_stats.append(json.loads(text))  # as a resumed run reads it, so both report alike
+                stats_data = json.loads(text)  # as a resumed run reads it, so both report alike
+            add_chunk_stats(total, stats_data)
+            kept.add(c, stats_data["kept"])
             bar.update(len(chunk))
     finally:
         bar.close()
         pipeline.close()
-    return _finish(cfg, out, sources, stages, chunk_stats, pipeline, benchmarks)
+    return _finish(cfg, out, sources, stages, total, kept, pipeline, benchmarks)
 
 
-def _finish(cfg, out: Path, sources, stages, chunk_stats: list[Mapping], pipeline: Pipeline,
+class _KeptPairs:
+    """Per kept pair, in chunk order, its source (a small integer code) and whether it has no image: the 2 bytes per
+    pair that mixing needs, instead of the chunks' lists of Python objects."""
+
+    def __init__(self, sources: list[SourceSpec]):
+        self.codes = {s.name: k for k, s in enumerate(sources)}
+        self.chunks: list[int] = []  # the chunks that kept any pair (they have a datasets folder)
+        self.source_parts: list[np.ndarray] = []
+        self.text_only_parts: list[np.ndarray] = []
+
+    def add(self, chunk: int, kept: list) -> None:
+        if kept:
+            self.chunks.append(chunk)
+            self.source_parts.append(np.array([self.codes[s] for s, _ in kept], dtype=np.int16))
+            self.text_only_parts.append(np.array([t for _, t in kept], dtype=bool))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(source code, text-only) per kept pair."""
+        if not self.chunks:
+            return np.zeros(0, dtype=np.int16), np.zeros(0, dtype=bool)
+        return np.concatenate(self.source_parts), np.concatenate(self.text_only_parts)
+
+
+def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, pipeline: Pipeline,
             benchmarks: BenchmarkIndex) -> dict[str, Path]:  # fmt: skip
-    """Mix the kept pairs into stages, write them, the decontamination list and the report."""
-    total = merge_chunk_stats(chunk_stats)
-    parts = [datasets.load_from_disk(str(chunk_paths(out, st["chunk"])[0])) for st in chunk_stats if st["kept"]]
+    """Mix the kept pairs into stages, write them, the decontamination list and the report.
+
+    The chunks' datasets are memory-mapped and concatenated without a copy; each stage is a `select` of row
+    numbers over them (8 bytes per pair taken, reported with the mixing arrays) that `save_to_disk` writes batch by
+    batch."""
+    parts = [datasets.load_from_disk(str(chunk_paths(out, c)[0])) for c in kept.chunks]
     cleaned = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_list([], features=FEATURES)
-    kept_sources = np.array([s for s, _ in total["kept"]], dtype=object)
-    text_only = np.array([t for _, t in total["kept"]], dtype=bool)
+    kept_sources, text_only = kept.arrays()
     if len(cleaned) != len(kept_sources):
         raise RuntimeError(f"the chunks hold {len(cleaned)} pairs but their statistics list {len(kept_sources)}")
-    positions = {s.name: np.flatnonzero(kept_sources == s.name) for s in sources}
+    positions = {s.name: np.flatnonzero(kept_sources == kept.codes[s.name]) for s in sources}
+    mixing_bytes = kept_sources.nbytes + text_only.nbytes + sum(p.nbytes for p in positions.values())
     paths, mixes = {}, {}
     for k, stage in enumerate(stages):
         rows, counts = plan_stage(stage, k, sources, positions, text_only, cfg.seed)
-        paths[stage.name] = write_records(cleaned.select(rows.tolist()), out / "stages" / stage.name)
+        mixing_bytes = max(mixing_bytes, kept_sources.nbytes + text_only.nbytes + 2 * rows.nbytes)
+        paths[stage.name] = write_records(cleaned.select(rows), out / "stages" / stage.name)
         mixes[stage.name] = {"pairs": int(len(rows)), "text_only": int(text_only[rows].sum()), "sources": counts}
     write_text_atomic(
         out / "decontaminated.jsonl", "".join(json.dumps(d, sort_keys=True) + "\n" for d in total["decontaminated"])
@@ -318,6 +347,8 @@ def _finish(cfg, out: Path, sources, stages, chunk_stats: list[Mapping], pipelin
     meta = {"stages": mixes, "cleaned_pairs": len(cleaned),
             "dedup_index": {"pairs": len(pipeline.index), "bytes": index_bytes,
                             "bytes_per_pair": index_bytes / max(1, len(pipeline.index))},
+            "mixing_arrays": {"pairs": len(cleaned), "bytes": mixing_bytes,
+                              "bytes_per_pair": mixing_bytes / max(1, len(cleaned))},
             "benchmarks": {"items": benchmarks.sizes, "skipped": benchmarks.skipped},
             "surrogate_filter": cfg.reward_model_name_or_path or ("scorer given" if pipeline.surrogate else None)}  # fmt: skip
     report = write_report(out, total, meta)

@@ -3,9 +3,12 @@ histograms of lengths and image sizes (PNG), as JSON and markdown, and to wandb 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from common.tracking import wandb_run
 from data_builders.report import write_report_files
@@ -16,7 +19,11 @@ HISTOGRAMS = {"prompt_words": "prompt length (words)", "response_words": "respon
 
 def _merge(total: dict, part: Mapping) -> None:
     for key, value in part.items():
-        if isinstance(value, Mapping):
+        if key == "hist":  # per-pair values -> counts per value: bounded by the value range, not the input size
+            for name, values in value.items():
+                counts = total["hist"].setdefault(name, Counter())
+                counts.update(values)
+        elif isinstance(value, Mapping):
             _merge(total.setdefault(key, {}), value)
         elif isinstance(value, list):
             total.setdefault(key, []).extend(value)
@@ -24,13 +31,16 @@ def _merge(total: dict, part: Mapping) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def merge_chunk_stats(chunks: Iterable[Mapping]) -> dict[str, Any]:
-    """Sum the chunks' counts and concatenate their lists (in chunk order)."""
-    total: dict[str, Any] = {"rows": 0, "sources": {}, "decontaminated": [], "flagged": {}, "kept": [],
-                             "hist": {name: [] for name in HISTOGRAMS}}  # fmt: skip
-    for st in chunks:
-        _merge(total, st)
-    return total
+def new_total() -> dict[str, Any]:
+    """The running total of the chunks' statistics that `add_chunk_stats` grows (histograms as counts per value)."""
+    return {"rows": 0, "sources": {}, "decontaminated": [], "flagged": {},
+            "hist": {name: Counter() for name in HISTOGRAMS}}  # fmt: skip
+
+
+def add_chunk_stats(total: dict[str, Any], chunk: Mapping) -> None:
+    """Add one chunk's statistics (its `kept` list aside) to `total`: counts summed, histogram values counted,
+    other lists concatenated in chunk order."""
+    _merge(total, {k: v for k, v in chunk.items() if k != "kept"})
 
 
 def build_report(total: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
@@ -53,7 +63,8 @@ def _markdown(report: Mapping[str, Any]) -> str:
     lines += [f"- {b}: {n}" for b, n in sorted(report["overlaps"].items())] or ["- none"]
     idx = report["dedup_index"]
     lines += ["", "## Dedup index", "", f"{idx['pairs']} pairs, {idx['bytes']} bytes "
-              f"({idx['bytes_per_pair']:.0f} bytes per pair).", "", "## Stages", "",
+              f"({idx['bytes_per_pair']:.0f} bytes per pair); the mixing arrays (source, text-only and row numbers "
+              f"per pair): {report['mixing_arrays']['bytes']} bytes.", "", "## Stages", "",
               "| stage | pairs | text-only | per source (taken / available) |", "|---|---|---|---|"]  # fmt: skip
     for name, st in report["stages"].items():
         per = ", ".join(f"{s}: {c['taken']}/{c['available']}" for s, c in st["sources"].items())
@@ -84,8 +95,10 @@ def log_to_wandb(report: Mapping[str, Any], total: Mapping[str, Any], out_dir: P
     flat.update({f"overlaps/{b}": n for b, n in report["overlaps"].items()})
     flat.update({f"stages/{s}/pairs": st["pairs"] for s, st in report["stages"].items()})
     for hist in HISTOGRAMS:
-        if total["hist"][hist]:
-            flat[f"hist/{hist}"] = wandb.Histogram(total["hist"][hist])
+        counts = total["hist"][hist]
+        if counts:
+            values, weights = zip(*sorted(counts.items()))
+            flat[f"hist/{hist}"] = wandb.Histogram(np_histogram=np.histogram(values, bins=64, weights=weights))
         flat[f"plots/{hist}"] = wandb.Image(str(out_dir / f"hist_{hist}.png"))
     with wandb_run(name, config, out_dir, project=project) as run:
         run.log(flat)
