@@ -12,8 +12,10 @@ copies, 5% the same picture re-encoded as JPEG). Each measurement runs in a fres
   process only reading and converting the rows (the floor any pipeline pays);
 * peak RSS above the process's RSS after imports (it counts the pages of memory-mapped Arrow files the job touched,
   which the kernel can drop), the peak of anonymous memory (heap) above its start, sampled every 20 ms, and the dedup
-  index's serialised size. Chunks stream from disk, so (heap peak - index) should stay flat as N grows: what grows
-  is the index (and a few bytes per pair of report statistics).
+  index's serialised size and its heap (the index alone rebuilt from the run's keys files in another fresh process;
+  Python objects take ~2x the serialised bytes). Chunks stream from disk and the report statistics and mixing state
+  are bounded, so (heap peak - index heap) should stay flat as N grows: what grows is the index (and 2 bytes per pair
+  of mixing arrays, plus 8 per pair a stage takes).
 """
 
 from __future__ import annotations
@@ -117,6 +119,18 @@ def child(args: argparse.Namespace) -> None:
     base_rss, base_anon, sampler = status_mb("VmRSS"), status_mb("RssAnon"), AnonPeak()
     sampler.start()
     start, start_cpu = time.perf_counter(), time.process_time()
+    if args.mode == "index":  # the dedup index alone, rebuilt from the job's keys files as a resumed run does
+        import gc
+
+        from data_builders.reward_data.dedup import DedupIndex
+
+        index = DedupIndex(cfg.exact_dedup, cfg.near_dedup, cfg.near_text_threshold, cfg.image_hash_distance,
+                           cfg.num_perm)  # fmt: skip
+        for path in sorted((Path(args.job_out) / "chunks").glob("*.keys.npz")):
+            index.load_chunk(path)
+        gc.collect()
+        print(json.dumps({"index_heap_mb": status_mb("RssAnon") - base_anon, "pairs": len(index)}))
+        return
     if args.mode == "read":
         n = 0
         for spec, index, row, convert in iter_rows(cfg.specs()[0]):
@@ -165,6 +179,7 @@ def main() -> None:
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--reward_model", help=argparse.SUPPRESS)
+    p.add_argument("--job_out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
         return child(args)
@@ -179,21 +194,25 @@ def main() -> None:
             for flt in args.filter:
                 res = run_child(mode="job", data=data, out=tmp / f"out_{n}_{flt}", num_proc=args.num_proc,
                                 reward_model=reward if flt == "on" else None)  # fmt: skip
+                index = run_child(mode="index", data=data, out=tmp / "unused", job_out=tmp / f"out_{n}_{flt}")
                 rows.append({"pairs": n, "filter": flt, **res, "baseline_rows_per_s": base["rows_per_s"],
                              "baseline_rows_per_cpu_s": base["rows_per_cpu_s"],
                              "ratio_to_read_only": res["rows_per_cpu_s"] / base["rows_per_cpu_s"],
                              "peak_above_base_mb": res["peak_mb"] - res["base_mb"],
                              "anon_peak_minus_index_mb": res["anon_peak_above_base_mb"] - res["index_mb"],
+                             "index_heap_mb": index["index_heap_mb"],
+                             "anon_peak_minus_index_heap_mb": res["anon_peak_above_base_mb"] - index["index_heap_mb"],
                              "read_only_peak_above_base_mb": base["peak_mb"] - base["base_mb"]})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     print("\n| pairs | filter | pairs/s (wall) | pairs/CPU-s | read-only pairs/CPU-s | ratio (CPU) | peak above base "
-          "(MB) | heap peak above base (MB) | dedup index (MB) | heap peak - index (MB) | index B/pair |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "(MB) | heap peak above base (MB) | dedup index (MB) | heap peak - index (MB) | index B/pair | index heap "
+          "(MB) | heap peak - index heap (MB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         print(f"| {r['pairs']} | {r['filter']} | {r['rows_per_s']:.0f} | {r['rows_per_cpu_s']:.0f} | "
               f"{r['baseline_rows_per_cpu_s']:.0f} | "
               f"{r['ratio_to_read_only']:.3f} | {r['peak_above_base_mb']:.0f} | {r['anon_peak_above_base_mb']:.0f} | "
-              f"{r['index_mb']:.1f} | {r['anon_peak_minus_index_mb']:.0f} | {r['index_bytes_per_pair']:.0f} |")  # fmt: skip
+              f"{r['index_mb']:.1f} | {r['anon_peak_minus_index_mb']:.0f} | {r['index_bytes_per_pair']:.0f} | "
+              f"{r['index_heap_mb']:.0f} | {r['anon_peak_minus_index_heap_mb']:.0f} |")  # fmt: skip
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(timezone.utc).isoformat(), "machine": platform.platform(),

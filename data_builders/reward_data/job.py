@@ -16,8 +16,9 @@ several pairs), `validate` (the record schema), `ambiguous`, `images` (decode an
     report.json, report.md, hist_*.png, run_meta.json
 
 **Memory.** Rows stream from disk chunk by chunk (Parquet and `datasets` folders are memory-mapped); what stays in
-memory is the dedup and benchmark indexes. **Resume.** Kill at any moment and rerun the same command: finished
-chunks are skipped (their keys reload into the index), so the output equals an uninterrupted run's.
+memory is the dedup and benchmark indexes and 2 bytes per kept pair for the mix (the statistics are counts).
+**Resume.** Kill at any moment and rerun the same command: finished chunks are skipped (their keys reload into the
+index), so the output equals an uninterrupted run's.
 """
 
 from __future__ import annotations
