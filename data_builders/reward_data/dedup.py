@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-import pickle
 import unicodedata
 import zlib
 from collections.abc import Mapping, Sequence
@@ -118,16 +117,6 @@ def pair_keys(prompt_text: str, chosen_text: str, rejected_text: str, images: Se
     return PairKeys(exact, minhash(text, num_perm), tuple(k.phash for k in images))
 
 
-class _ByteCounter:
-    """A write-only file that only counts the bytes written to it."""
-
-    size = 0
-
-    def write(self, data: bytes) -> int:
-        self.size += len(data)
-        return len(data)
-
-
 class DedupIndex:
     """Exact and near-duplicate index over the pairs kept so far (insertion order decides which copy stays)."""
 
@@ -163,14 +152,6 @@ class DedupIndex:
             self.text_hash[rid] = keys.text_hash
             self.phashes[rid] = keys.phashes
             self.lsh.insert(rid, sketch(keys.text_hash))
-
-    def size_bytes(self) -> int:
-        """Serialised size of the index (what grows with the input), counted as it streams: no copy is built."""
-        sink = _ByteCounter()
-        pickle.Pickler(sink, protocol=pickle.DEFAULT_PROTOCOL).dump(
-            (self.exact, self.lsh, self.text_hash, self.phashes, self.order)
-        )
-        return sink.size
 
     @staticmethod
     def save_chunk(path: Path, ids: list[str], keys: list[PairKeys], num_perm: int) -> None:

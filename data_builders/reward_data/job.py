@@ -266,7 +266,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
     pipeline = Pipeline(cfg, benchmarks, None)  # its image-hashing pool forks before any model is loaded
     pipeline.surrogate = _make_surrogate(cfg, scorer)
     bar = tqdm(unit="row", desc="build_reward_data", disable=not cfg.progress)
-    total, kept = new_total(), _KeptPairs(sources)
+    total, kept, n_chunks = new_total(), _KeptPairs(sources), 0
     try:
         rows = iter_rows(sources)
         for c in itertools.count():
@@ -289,10 +289,11 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
             add_chunk_stats(total, stats_data)
             kept.add(c, stats_data["kept"])
             bar.update(len(chunk))
+            n_chunks = c + 1
     finally:
         bar.close()
         pipeline.close()
-    return _finish(cfg, out, sources, stages, total, kept, pipeline, benchmarks)
+    return _finish(cfg, out, sources, stages, total, kept, n_chunks, pipeline, benchmarks)
 
 
 class _KeptPairs:
@@ -318,7 +319,7 @@ class _KeptPairs:
         return np.concatenate(self.source_parts), np.concatenate(self.text_only_parts)
 
 
-def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, pipeline: Pipeline,
+def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n_chunks: int, pipeline: Pipeline,
             benchmarks: BenchmarkIndex) -> dict[str, Path]:  # fmt: skip
     """Mix the kept pairs into stages, write them, the decontamination list and the report.
 
@@ -344,7 +345,8 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, p
     stage_block = [{"name": name, "datasets": {str(p): 1.0}} for name, p in paths.items()]
     write_text_atomic(out / "stages.json", json.dumps(stage_block))
     write_text_atomic(out / "stages.yaml", yaml.safe_dump({"stages": stage_block}, sort_keys=False))
-    index_bytes = pipeline.index.size_bytes()
+    # the index as persisted: the keys files a resumed run reloads (every chunk writes one)
+    index_bytes = sum(_keys_path(out, c).stat().st_size for c in range(n_chunks))
     meta = {"stages": mixes, "cleaned_pairs": len(cleaned),
             "dedup_index": {"pairs": len(pipeline.index), "bytes": index_bytes,
                             "bytes_per_pair": index_bytes / max(1, len(pipeline.index))},
