@@ -14,8 +14,8 @@ copies, 5% the same picture re-encoded as JPEG). Each measurement runs in a fres
   which the kernel can drop), the peak of anonymous memory (heap) above its start, sampled every 20 ms, and the dedup
   index's serialised size and its heap (the index alone rebuilt from the run's keys files in another fresh process;
   Python objects take ~2x the serialised bytes). Chunks stream from disk and the report statistics and mixing state
-  are bounded, so (heap peak - index heap) should stay flat as N grows: what grows is the index (and 2 bytes per pair
-  of mixing arrays, plus 8 per pair a stage takes).
+  are bounded, so (heap peak - index heap) should stay flat as N grows: what grows is the index (and 11 bytes per pair
+  of mixing arrays, plus 16 per pair a stage takes).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ several pairs), `validate` (the record schema), `ambiguous`, `images` (decode an
     report.json, report.md, hist_*.png, run_meta.json
 
 **Memory.** Rows stream from disk chunk by chunk (Parquet and `datasets` folders are memory-mapped); what stays in
-memory is the dedup and benchmark indexes and 2 bytes per kept pair for the mix (the statistics are counts).
+memory is the dedup and benchmark indexes and ~11 bytes per kept pair for the mix (the statistics are counts).
 **Resume.** Kill at any moment and rerun the same command: finished chunks are skipped (their keys reload into the
 index), so the output equals an uninterrupted run's.
 """
@@ -297,7 +297,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
 
 
 class _KeptPairs:
-    """Per kept pair, in chunk order, its source (a small integer code) and whether it has no image: the 2 bytes per
+    """Per kept pair, in chunk order, its source (a small integer code) and whether it has no image: the 3 bytes per
     pair that mixing needs, instead of the chunks' lists of Python objects."""
 
     def __init__(self, sources: list[SourceSpec]):
@@ -324,7 +324,7 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n
     """Mix the kept pairs into stages, write them, the decontamination list and the report.
 
     The chunks' datasets are memory-mapped and concatenated without a copy; each stage is a `select` of row
-    numbers over them (8 bytes per pair taken, reported with the mixing arrays) that `save_to_disk` writes batch by
+    numbers over them (16 bytes per pair taken, reported with the mixing arrays) that `save_to_disk` writes batch by
     batch."""
     parts = [datasets.load_from_disk(str(chunk_paths(out, c)[0])) for c in kept.chunks]
     cleaned = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_list([], features=FEATURES)
@@ -332,11 +332,10 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n
     if len(cleaned) != len(kept_sources):
         raise RuntimeError(f"the chunks hold {len(cleaned)} pairs but their statistics list {len(kept_sources)}")
     positions = {s.name: np.flatnonzero(kept_sources == kept.codes[s.name]) for s in sources}
-    mixing_bytes = kept_sources.nbytes + text_only.nbytes + sum(p.nbytes for p in positions.values())
-    paths, mixes = {}, {}
+    stage_rows_bytes, paths, mixes = 0, {}, {}
     for k, stage in enumerate(stages):
         rows, counts = plan_stage(stage, k, sources, positions, text_only, cfg.seed)
-        mixing_bytes = max(mixing_bytes, kept_sources.nbytes + text_only.nbytes + 2 * rows.nbytes)
+        stage_rows_bytes = max(stage_rows_bytes, 2 * rows.nbytes)  # the row numbers and their shuffled copy
         paths[stage.name] = write_records(cleaned.select(rows), out / "stages" / stage.name)
         mixes[stage.name] = {"pairs": int(len(rows)), "text_only": int(text_only[rows].sum()), "sources": counts}
     write_text_atomic(
@@ -346,6 +345,8 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n
     write_text_atomic(out / "stages.json", json.dumps(stage_block))
     write_text_atomic(out / "stages.yaml", yaml.safe_dump({"stages": stage_block}, sort_keys=False))
     # the index as persisted: the keys files a resumed run reloads (every chunk writes one)
+    mixing_bytes = kept_sources.nbytes + text_only.nbytes + sum(p.nbytes for p in positions.values())
+    mixing_bytes += stage_rows_bytes
     index_bytes = sum(_keys_path(out, c).stat().st_size for c in range(n_chunks))
     meta = {"stages": mixes, "cleaned_pairs": len(cleaned),
             "dedup_index": {"pairs": len(pipeline.index), "bytes": index_bytes,
