@@ -159,15 +159,6 @@ def run_child(**kw) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def tiny_reward_model(root: Path) -> str:
-    from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm
-    from reward.model import load_reward_model, save_reward_model
-
-    vlm = save_tiny_vlm(root / "tiny-vlm", TinyVLMSpec.preset("tiny"))
-    model, processor = load_reward_model(vlm, new_head_ok=True)
-    return str(save_reward_model(model, processor, root / "tiny-reward"))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -186,7 +177,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        reward = tiny_reward_model(tmp) if "on" in args.filter else None
+        reward = None
+        if "on" in args.filter:  # a random tiny reward model, made as the server benchmark makes its own
+            sys.path.insert(0, str(REPO))
+            from benchmarks.bench_server import make_model
+
+            reward = make_model("tiny", tmp)
         for n in args.sizes:
             data = tmp / f"synth_{n}.parquet"
             make_set(data, n)
