@@ -213,6 +213,7 @@ _SHORT_UNITS = {
     "m/s",
     "km/h",
 }
+_PROSE_IN_PARENS = re.compile(r"\([A-Za-z ,.']*\)")  # "12 (approximately)"
 _MATH = re.compile(r"\\|\^|[√π∞+*×÷/{}\[\]()]|\b(?:sqrt|pi|inf|log|ln|sin|cos|tan|exp)\b")
 
 
@@ -394,10 +395,10 @@ def _default_fast(span: str, answer: str, choices: list[str] | None) -> bool | t
         return True
     value = gold_number(answer)
     if value is not None:
+        if _MATH.search(_PROSE_IN_PARENS.sub(" ", _NUMBER.sub(" ", _clean(span)))):
+            return answer, span  # "\\sqrt{2}", "2 + 3": its last number is not its value
         found = numbers(span)
-        if found and same_number(value, found[-1]):
-            return True
-        return (answer, span) if _MATH.search(_NUMBER.sub(" ", _clean(span))) else False
+        return bool(found) and same_number(value, found[-1])
     if _contains(got, gold):
         return True
     return False if _WORDS.fullmatch(gold) else (answer, span)
