@@ -186,40 +186,9 @@ _NUMBER_WORDS = {w: i for i, w in enumerate(
     "eighteen nineteen twenty".split())}  # fmt: skip
 _NUMBER_WORD = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.I)
 _UNIT = re.compile(r"\s*[A-Za-z]+(?:\s*/\s*[A-Za-z]+)?\.?")  # "12 cm", "3 m/s"; "2x" only with a known unit
-_SHORT_UNITS = {
-    "mm",
-    "cm",
-    "m",
-    "km",
-    "g",
-    "kg",
-    "mg",
-    "s",
-    "ms",
-    "h",
-    "min",
-    "ml",
-    "l",
-    "ft",
-    "in",
-    "yd",
-    "mi",
-    "lb",
-    "oz",
-    "k",
-    "kb",
-    "mb",
-    "gb",
-    "hz",
-    "khz",
-    "w",
-    "kw",
-    "v",
-    "mph",
-    "cm/s",
-    "m/s",
-    "km/h",
-}
+_SHORT_UNITS = set(
+    "mm cm m km g kg mg s ms h min ml l ft in yd mi lb oz k kb mb gb hz khz w kw v mph cm/s m/s km/h".split()
+)  # units written right after the number
 _PROSE_IN_PARENS = re.compile(r"\([A-Za-z ,.']*\)")  # "12 (approximately)"
 _MATH = re.compile(r"\\|\^|[√π∞+*×÷/{}\[\]()]|\b(?:sqrt|pi|inf|log|ln|sin|cos|tan|exp)\b")
 
@@ -276,7 +245,7 @@ def same_number(gold: tuple[Fraction, bool], got: tuple[Fraction, bool], rel_tol
     return any(math.isclose(g, c, rel_tol=rel_tol, abs_tol=1e-12) for c in candidates)
 
 
-# ---------------------------------------------------------------------------------------- closed-form numbers
+# --------------------------------------------------------------------------------------------------- arithmetic
 
 _LATEX_TO_PY = [(re.compile(p), r) for p, r in (
     (r"\\[dt]frac", r"\\frac"), (r"\\(?:cdot|times)", "*"), (r"\\div", "/"), (r"\\pi\b|π", " pi "),
@@ -552,7 +521,7 @@ def _default_fast(span: str, answer: str, choices: list[str] | None) -> bool | t
 def default_judge(response: str, answer: str, choices: list[str] | None) -> bool:
     """Final answer against the ground truth: options, numbers, words, then math-verify (module docstring)."""
     verdict = _default_fast(final_answer(response), answer, choices)
-    return symbolic_equal(*verdict) if isinstance(verdict, tuple) else verdict
+    return symbolic_equal_many([verdict])[0] if isinstance(verdict, tuple) else verdict
 
 
 @register_judge("relaxed_numeric", sources=("chartqa",))

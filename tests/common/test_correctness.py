@@ -158,12 +158,19 @@ def test_symbolic_checks_work_off_the_main_thread():
         (r, a, c, e) for _, r, a, c, e in REASONING_CASES if isinstance(_default_fast(final_answer(r), a, c), tuple)
     ]
     assert len(cases) >= 6 and {e for *_, e in cases} == {True, False}
+    verifier.symbolic_equal.cache_clear()  # no verdict from an earlier test: each one is worked out in the thread
     got = {}
-    thread = threading.Thread(target=lambda: got.update(v=[correctness([r], a, c)[0] for r, a, c, _ in cases]))
+
+    def judge_all():
+        got["batch"] = [correctness([r], a, c)[0] for r, a, c, _ in cases]
+        verifier.symbolic_equal.cache_clear()
+        got["one"] = [default_judge(r, a, c) for r, a, c, _ in cases]
+
+    thread = threading.Thread(target=judge_all)
     thread.start()
     thread.join()
     verifier.shutdown_workers()
-    assert got["v"] == [e for *_, e in cases]
+    assert got["batch"] == got["one"] == [e for *_, e in cases]
 
 
 def test_a_large_batch_goes_to_worker_processes_with_the_same_verdicts(monkeypatch):
