@@ -255,6 +255,7 @@ _PY_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+|sqrt|pi|[A-Za-z](?![A-Za-z])|\*
 _STARTS_FACTOR = re.compile(r"[\d.(A-Za-z]")  # a number, "(", sqrt, pi or a variable
 _ENDS_FACTOR = re.compile(r"[\d.]+|\)|pi|[A-Za-z]")
 _SAMPLE_POINTS = (0.5772156649, 1.3247179572, 2.7182818285)
+_COLLECTION = re.compile(r"([{(\[])(.*)([})\]])")
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
               ast.Pow: operator.pow}  # fmt: skip
 
@@ -373,6 +374,50 @@ def numeric_equal(answer: str, got: str) -> bool | None:
     if not all(math.isfinite(x) and math.isfinite(y) for x, y in pairs):
         return None
     return all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in pairs)
+
+
+def _value_of(text: str) -> float | None:
+    """The value of arithmetic without variables ("2\\sqrt{3}", "-\\frac{1}{2}"); None for anything else."""
+    tree = _arithmetic(text)
+    if tree is None or tree[1]:
+        return None
+    try:
+        value = _evaluate(tree[0], {})
+    except (ValueError, ZeroDivisionError, OverflowError, RecursionError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _collection(text: str) -> tuple[str, list[float]] | None:
+    """A set ("\\{1, 2\\}": kind "set") or an interval / tuple ("(1, 2]": kind "(]") of at least two numbers."""
+    m = _COLLECTION.fullmatch(_SPACING.sub("", text.replace("\\{", "{").replace("\\}", "}")).strip())
+    if m is None:
+        return None
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(m[2]):
+        depth += (c in "({[") - (c in ")}]")
+        if c == "," and depth == 0:
+            parts.append(m[2][start:i])
+            start = i + 1
+    parts.append(m[2][start:])
+    values = [_value_of(p) for p in parts]
+    if len(values) < 2 or None in values:
+        return None
+    return ("set" if m[1] == "{" else m[1] + m[3]), values
+
+
+def collection_equal(answer: str, got: str) -> bool | None:
+    """Sets of numbers equal in any order, intervals and tuples equal end by end (brackets included); None when
+    either is not one of these (math-verify decides)."""
+    a, b = _collection(answer), _collection(got)
+    if a is None or b is None or (a[0] == "set") != (b[0] == "set"):
+        return None
+    (kind_a, xs), (kind_b, ys) = a, b
+    if kind_a == "set":
+        xs, ys = sorted(set(xs)), sorted(set(ys))
+    elif kind_a != kind_b:
+        return False
+    return len(xs) == len(ys) and all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(xs, ys))
 
 
 def _strip_prose(text: str) -> str:
@@ -512,8 +557,12 @@ def _default_fast(span: str, answer: str, choices: list[str] | None) -> bool | t
         return True
     if value is None and _WORDS.fullmatch(gold):
         return False
-    # an expression ("\\sqrt{2}", "x(x + 3)": its last number is not its value): arithmetic is settled here
-    same = numeric_equal(answer, _strip_prose(span))
+    # an expression ("\\sqrt{2}", "x(x + 3)": its last number is not its value), a set, an interval: settled here
+    # when both sides are arithmetic, or sets / intervals of numbers
+    math_part = _strip_prose(span)
+    same = numeric_equal(answer, math_part)
+    if same is None:
+        same = collection_equal(answer, math_part)
     return (answer, span) if same is None else same
 
 

@@ -1,7 +1,7 @@
 """The verifier's case table: reasoning-style responses judged as a careful grader would (issue 18).
 
 Each row: (what it checks, response, answer, choices, correct). The old rule (the answer mentioned anywhere and no
-other choice) got 53 of these 96 right.
+other choice) got 57 of these 102 right.
 """
 
 LETTERS = ["A", "B", "C", "D"]
@@ -103,6 +103,12 @@ REASONING_CASES = [
     ("different polynomial (arithmetic)", "\\boxed{x(x+6)}", "x^2+5x", None, False),
     ("pi as a decimal (arithmetic)", "\\boxed{0.785398}", "\\frac{\\pi}{4}", None, True),
     ("equation as given", "The answer is $y = 2x + 1$.", "y = 2x + 1", None, True),
+    ("equation, another line", "\\boxed{y = 2x + 3}", "y = 2x + 1", None, False),
+    ("logarithm, wrong", "\\boxed{\\ln(e^3)}", "2", None, False),
+    ("interval in set notation, wrong", "\\boxed{x \\in (1, 4)}", "(1,3)", None, False),
+    ("another variable", "\\boxed{2y}", "2x", None, False),
+    ("trigonometric value", "\\boxed{\\sin(\\pi/6)}", "\\frac{1}{2}", None, True),
+    ("trigonometric value, wrong", "\\boxed{\\cos(0)}", "0", None, False),
     # words
     ("word answer", "The shape is Red.", "red", None, True),
     ("word answer inside a word", "It is reddish.", "red", None, False),

@@ -12,6 +12,7 @@ from common import correctness as verifier
 from common.correctness import (
     JUDGES,
     _default_fast,
+    collection_equal,
     correctness,
     default_judge,
     final_answer,
@@ -152,12 +153,30 @@ def test_numeric_equal(gold, got, expected):
     assert numeric_equal(gold, got) is expected
 
 
+@pytest.mark.parametrize(
+    "gold,got,expected",
+    [
+        ("\\{1, 2\\}", "\\{2, 1\\}", True),  # a set: any order
+        ("\\{1, 2\\}", "\\{1, 2, 2\\}", True),
+        ("\\{1, 2\\}", "\\{1, 3\\}", False),
+        ("(2, 5]", "\\left(2,5\\right]", True),  # an interval: end by end, brackets included
+        ("(2, 5]", "[2, 5)", False),
+        ("(\\sqrt{2}, \\pi)", "(1.414214, 3.141593)", True),
+        ("(1, 2)", "\\{1, 2\\}", None),  # an interval against a set: math-verify decides
+        ("(x, 2)", "(x, 2)", None),  # not numbers
+        ("\\{1, 2\\} and \\{3\\}", "\\{1, 2\\}", None),
+    ],
+)
+def test_collection_equal(gold, got, expected):
+    assert collection_equal(gold, got) is expected
+
+
 def test_symbolic_checks_work_off_the_main_thread():
     """math-verify's own timeouts (signals) refuse a thread; the verifier sends such checks to worker processes."""
     cases = [
         (r, a, c, e) for _, r, a, c, e in REASONING_CASES if isinstance(_default_fast(final_answer(r), a, c), tuple)
     ]
-    assert len(cases) >= 6 and {e for *_, e in cases} == {True, False}
+    assert len(cases) >= 8 and {e for *_, e in cases} == {True, False}
     verifier.symbolic_equal.cache_clear()  # no verdict from an earlier test: each one is worked out in the thread
     got = {}
 
