@@ -178,8 +178,8 @@ _NUMBER = re.compile(
     r"(?<![\w.])(-?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:\s*/\s*(\d+(?:\.\d+)?)(?![\d.]))?(\s*(?:%|\\%|percent\b))?"
 )
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_LEADING_WORDS = re.compile(r"^(?:[A-Za-z]{2,}[\s,:]+)+(?=\S)")  # "the area is \frac{..}" -> "\frac{..}"
-_TRAILING_WORDS = re.compile(r"(?:\s+[A-Za-z]{2,})+[.\s]*$")  # "\frac{..} square units" -> "\frac{..}"
+_PROSE_WORD = re.compile(r"[A-Za-z]{2,}[.,:;]*")  # a word around the math: "the area is", "square units."
+_MATH_WORDS = {"pi", "sqrt", "ln", "log", "sin", "cos", "tan", "exp", "inf"}
 _VARIABLE_IS = re.compile(r"^[A-Za-z]\s*=\s*")  # "x = \frac{1}{2}" -> "\frac{1}{2}"
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
@@ -422,7 +422,13 @@ def collection_equal(answer: str, got: str) -> bool | None:
 
 def _strip_prose(text: str) -> str:
     """A final answer without the prose around its math ("the area is \\frac{..} square units" -> "\\frac{..}")."""
-    return _VARIABLE_IS.sub("", _TRAILING_WORDS.sub("", _LEADING_WORDS.sub("", text.strip())))
+    words = text.split()
+    while len(words) > 1 and _PROSE_WORD.fullmatch(words[-1]) and words[-1].strip(".,:;").lower() not in _MATH_WORDS:
+        words.pop()
+    start = 0
+    while start < len(words) - 1 and _PROSE_WORD.fullmatch(words[start]) and words[start].lower() not in _MATH_WORDS:
+        start += 1
+    return _VARIABLE_IS.sub("", " ".join(words[start:]))
 
 
 # ----------------------------------------------------------------------------------------------------- options
