@@ -9,6 +9,7 @@ import torch
 
 import mpo.evaluate
 from common import correctness as verifier
+from common import toy_task
 from common.correctness import (
     JUDGES,
     _default_fast,
@@ -63,6 +64,17 @@ def test_toy_task_right_and_wrong_answers():
     for ex in exs:
         judged = correctness([ex.response(ex.answer), ex.response(ex.wrong)], ex.answer, CHOICES[ex.kind])
         assert judged == [True, False], ex.id
+
+
+def test_every_toy_sentence_with_every_word():
+    """The toy task's answers are single words: each answer sentence of each kind, with each word of its set, is
+    right exactly when the word is the answer (so the demo's held-out accuracy reads the same words as before)."""
+    for kind, templates in toy_task._ANSWERS.items():
+        words = CHOICES[kind]
+        for template in templates:
+            for answer in words:
+                judged = correctness([template.format(x=w) for w in words], answer, words)
+                assert judged == [w == answer for w in words], (kind, template, answer)
 
 
 def _prompt(i: int, answer, choices) -> dict:
