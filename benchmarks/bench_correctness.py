@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from common import correctness as verifier  # noqa: E402
+from common import math_answers  # noqa: E402
 
 FILLER = ("Looking at the figure, the left bar reaches {a} and the right one {b}. The difference is {c}, and the "
           "ratio of the two is about {d}. ").split(". ")  # fmt: skip
@@ -167,7 +168,7 @@ def measure(judge, mix) -> tuple[float, float]:
     """(judgments per CPU-second, agreement with the labels) of `judge(responses, gold, choices)` over the mix."""
     start, right, n = cpu_seconds(), 0, 0
     verdicts = [judge(responses, gold, choices) for gold, choices, responses, _ in mix]
-    verifier.shutdown_workers()
+    math_answers.shutdown_workers()
     seconds = cpu_seconds() - start
     for got, (*_, labels) in zip(verdicts, mix):
         right += sum(g == label for g, label in zip(got, labels))
@@ -181,8 +182,8 @@ def warm_up() -> None:
     for gold, choices, responses, _ in make_mix(48, 2, seed=-1):
         verifier.correctness(responses, gold, choices)
         math_verify_alone(responses, gold, choices)
-    verifier.symbolic_equal.cache_clear()
-    verifier._parsed.cache_clear()
+    math_answers.symbolic_equal.cache_clear()
+    math_answers._parsed.cache_clear()
 
 
 def math_verify_alone(responses: Sequence[str], gold: str, choices) -> list[bool]:
