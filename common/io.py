@@ -56,6 +56,7 @@ RECORD_FEATURES: dict[str, datasets.features.FeatureType] = {
     "meta": datasets.Value("string"),
     "answer": datasets.Value("string"),
     "choices": datasets.List(datasets.Value("string")),
+    "judge": datasets.Value("string"),
 }
 
 

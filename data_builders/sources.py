@@ -79,7 +79,7 @@ def _plain(row: Mapping, ref: str) -> dict:
     answer = first_of(row, ("answer", "ground_truth"))
     return _record(row.get("id"), row.get(field), first_of(row, ("images", "image", "image_path", "img_path")), ref,
                    field, answer=None if answer is None else str(answer), choices=row.get("choices"),
-                   source=row.get("source"))  # fmt: skip
+                   source=row.get("source"), judge=row.get("judge"))  # fmt: skip
 
 
 def _rlaif_v(row: Mapping, ref: str) -> dict:

@@ -67,6 +67,18 @@ def test_plain_jsonl_with_bad_records_counted(tmp_path):
     assert len(read_prompts(path, "plain", max_prompts=2, skipped=SkipLog())) == 2
 
 
+def test_a_prompts_judge_is_kept_and_an_unknown_one_counted(tmp_path):
+    rows = [
+        {"id": "c1", "question": "Bar value?", "answer": "21", "source": "charts", "judge": "relaxed_numeric"},
+        {"id": "c2", "question": "Bar value?", "answer": "21"},
+        {"id": "c3", "question": "Bar value?", "answer": "21", "judge": "relaxed"},
+    ]
+    skipped = SkipLog()
+    ds = read_prompts(write_jsonl(tmp_path / "p.jsonl", rows), "plain", skipped=skipped)
+    assert ds["id"] == ["c1", "c2"] and ds["judge"] == ["relaxed_numeric", None]
+    assert skipped.counts == {"judge: unknown judge 'relaxed'; registered judges: default, relaxed_numeric": 1}
+
+
 def test_rlaif_v_parquet_auto(tmp_path):
     ds = datasets.Dataset.from_dict({
         "ds_name": ["OmniLMM", "OmniLMM"], "image": [{"bytes": png_bytes(), "path": None}, {"bytes": b"junk", "path": None}],
