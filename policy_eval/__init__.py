@@ -20,17 +20,16 @@ reason in a `common.io.SkipLog`.
 from __future__ import annotations
 
 import itertools
-import re
 from pathlib import Path
 from typing import Literal
 
+from common.config_checks import HUB_ID
 from common.io import SkipLog, iter_raw_rows, validate_rows
 from common.schema import validate_prompt_record
 from policy_eval import ai2d, mathvista, mmmu, mmstar
 from policy_eval.base import BenchmarkItem, breakdown
 
 BENCHMARKS = {"mmstar": mmstar, "mmmu_val": mmmu, "mathvista_testmini": mathvista, "ai2d": ai2d}
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 __all__ = ["BENCHMARKS", "BenchmarkItem", "breakdown", "read_benchmark", "shards"]
 
@@ -39,7 +38,7 @@ def shards(name: str, path: str | Path) -> list[Path]:
     """The files of benchmark `name`'s evaluation split at `path` (a file, a folder or a hub id; module docstring)."""
     glob = BENCHMARKS[name].SHARD_GLOB
     path = Path(path)
-    if not path.exists() and _HUB_ID.match(str(path)):
+    if not path.exists() and HUB_ID.match(str(path)):
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(str(path), repo_type="dataset", allow_patterns=[glob, f"**/{glob}"]))
