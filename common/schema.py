@@ -11,7 +11,8 @@ A **preference record** (what the reward trainer and MPO train on, what `data_bu
     }
 
 A **prompt record** (what sampling reads) has `id`, `prompt`, `images` and optionally `answer` (ground truth),
-`choices` (the answer set it is checked against) and `source`.
+`choices` (the answer set it is checked against), `source` and `judge` (the name of the rule that checks answers,
+`common.correctness.JUDGES`; default: the one registered for `source`, else `default`).
 
 Validation errors name the record (its id and position) and the field, e.g.
 ``record 'toy-00017' (#17), field 'images[0]': image file not found ('a.png')``.
@@ -23,10 +24,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from common.correctness import check_judge
 from common.images import ImageError, check_image
 
 ROLES = ("system", "user", "assistant")
-OPTIONAL_STRINGS = {"preference": ("source", "meta"), "prompt": ("source", "answer")}
+OPTIONAL_STRINGS = {"preference": ("source", "meta"), "prompt": ("source", "answer", "judge")}
 # Qwen-VL's vision tokens: the processor expands each image into them, so a literal one in a text would make the
 # token count disagree with the images (an error at the first forward, far from the record at fault).
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -209,12 +211,18 @@ def validate_preference_record(
 def validate_prompt_record(
     record: Mapping[str, Any], index: int | None = None, base_dir: str | None = None
 ) -> dict[str, Any]:
-    """Check a prompt record (`id`, `prompt`, `images`, optional `answer`/`choices`/`source`); return it normalised."""
+    """Check a prompt record (`id`, `prompt`, `images`, optional `answer`/`choices`/`source`/`judge`); return it
+    normalised."""
     ref, out = _check_id_and_prompt(record, index)
     if out["prompt"][-1]["role"] != "user":
         raise RecordError(ref, "prompt", "the last message must be the user's")
     out["images"] = _check_images(record, out["prompt"], ref, base_dir)
     _check_optional_strings(record, out, OPTIONAL_STRINGS["prompt"], ref)
+    if out.get("judge") is not None:
+        try:
+            check_judge(out["judge"])
+        except ValueError as e:
+            raise RecordError(ref, "judge", str(e)) from None
     choices = record.get("choices")
     if choices is not None:
         if (

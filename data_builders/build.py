@@ -34,7 +34,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
-from common.correctness import correctness
+from common.correctness import correctness, judge_for
 from common.distributed import barrier, rank_and_world, resolve_device, shard
 from common.images import ImageError
 from common.io import SkipLog, write_records, write_text_atomic
@@ -92,7 +92,7 @@ def process_chunk(prompts: list[Mapping[str, Any]], sampler: Sampler, scorer: Sc
             stats["candidates"] += len(cands.texts)
             stats["length"] += cands.num_tokens
             stats["reward"] += [s for s in group_scores if math.isfinite(s)]
-            correct = correctness(cands.texts, prompt.get("answer"), prompt.get("choices"))
+            correct = correctness(cands.texts, prompt.get("answer"), prompt.get("choices"), judge=judge_for(prompt))
             if correct is not None:
                 stats["judged"] += len(correct)
                 stats["correct"] += sum(correct)

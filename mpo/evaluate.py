@@ -19,7 +19,7 @@ import torch
 from datasets import Dataset
 from transformers import ProcessorMixin
 
-from common.correctness import correctness
+from common.correctness import correctness, judge_for
 from common.distributed import all_gather_objects, all_reduce_sum, shard, zero3_gathered
 from common.scoring import Scorer, ScoringGroup
 from mpo.packing import PairCollator, base_vlm, ensure_fused_lm_head, pair_logps
@@ -79,7 +79,7 @@ def prompt_metrics(
         records = [prompts[i] for i in idx[start : start + batch_size]]
         responses = generate_answers(model, processor, records, max_new_tokens)
         for rec, resp in zip(records, responses):
-            verdict = correctness([resp], rec.get("answer"), rec.get("choices"))
+            verdict = correctness([resp], rec.get("answer"), rec.get("choices"), judge=judge_for(rec))
             if verdict is not None:
                 judged += 1
                 correct += verdict[0]

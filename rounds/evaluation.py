@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForImageTextToText
 
-from common.correctness import correctness
+from common.correctness import correctness, judge_for
 from common.processor import load_processor
 from common.scoring import Scorer, ScoringGroup
 from mpo.evaluate import generate_answers
@@ -47,7 +47,9 @@ def answer_metrics(prompts: Sequence[dict], answers: Sequence[str], num_tokens: 
                    rewards: Sequence[float] | None = None, heldout_rewards: Sequence[float] | None = None,
                    ngram: int = 3) -> dict:  # fmt: skip
     """The round's metrics from the held-out answers (pure: testable on hand-made answers)."""
-    verdicts = [correctness([a], p.get("answer"), p.get("choices")) for p, a in zip(prompts, answers)]
+    verdicts = [
+        correctness([a], p.get("answer"), p.get("choices"), judge=judge_for(p)) for p, a in zip(prompts, answers)
+    ]
     ok = [v[0] for v in verdicts if v is not None]
     kinds = [degenerate_kind(a, n, max_new_tokens, ngram) for a, n in zip(answers, num_tokens)]
     out = {"prompts": len(answers), "length_mean": statistics.fmean(num_tokens) if num_tokens else float("nan"),

@@ -37,7 +37,7 @@ import datasets
 import torch
 
 from common.cli import parse_configs
-from common.correctness import correctness
+from common.correctness import correctness, judge_for
 from common.distributed import free_port
 from common.io import SkipLog, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
@@ -219,13 +219,14 @@ class Rounds:
                     "length_bias": length_bias(total.get("reward_length", []))}  # fmt: skip
         pairs = _without_images(datasets.load_from_disk(str(build / "pairs")))
         truth = {
-            p["id"]: (p.get("answer"), p.get("choices")) for p in _without_images(datasets.load_from_disk(str(prompts)))
+            p["id"]: (p.get("answer"), p.get("choices"), judge_for(p))
+            for p in _without_images(datasets.load_from_disk(str(prompts)))
         }
         judged = {"chosen": [], "rejected": []}
         for rec in pairs:
-            answer, choices = truth[json.loads(rec["meta"])["prompt_id"]]
+            answer, choices, judge = truth[json.loads(rec["meta"])["prompt_id"]]
             for side in judged:
-                ok = correctness([rec[side][0]["content"][0]["text"]], answer, choices)
+                ok = correctness([rec[side][0]["content"][0]["text"]], answer, choices, judge=judge)
                 if ok is not None:
                     judged[side].append(ok[0])
         rate = lambda v: sum(v) / len(v) if v else None  # noqa: E731

@@ -1,15 +1,19 @@
 """One correctness rule: the rule on hand-made answers, and every caller (pair selection, the MPO evaluation hook,
 the rounds' held-out metrics) judging by it, numeric and capitalised letter answers included."""
 
+import threading
 import types
 
 import pytest
 import torch
 
 import mpo.evaluate
-from common.correctness import correctness
+from common import correctness as verifier
+from common.correctness import JUDGES, correctness, default_judge, final_answer, judge_for, register_judge
+from common.schema import RecordError, validate_prompt_record
 from common.toy_task import CHOICES, make_example
 from rounds.evaluation import answer_metrics
+from tests.common.correctness_cases import REASONING_CASES
 
 LETTERS = ["A", "B", "C", "D"]
 # (response, answer, choices, correct)
@@ -74,3 +78,121 @@ def test_pairing_mpo_hook_and_rounds_agree(monkeypatch):
     model = types.SimpleNamespace(device=torch.device("cpu"))
     hook = mpo.evaluate.prompt_metrics(model, None, prompts + unjudged, batch_size=5)
     assert hook["judged"] == len(CASES) and hook["accuracy_by_source"] == expected
+
+
+def test_the_case_table_is_large_enough():
+    assert len(REASONING_CASES) >= 60 and len({name for name, *_ in REASONING_CASES}) == len(REASONING_CASES)
+
+
+@pytest.mark.parametrize("name,response,answer,choices,expected", REASONING_CASES, ids=[c[0] for c in REASONING_CASES])
+def test_reasoning_cases(name, response, answer, choices, expected):
+    assert correctness([response], answer, choices) == [expected]
+    assert default_judge(response, answer, choices) is expected  # one response at a time: the same verdict
+
+
+def test_a_batch_judges_each_response_as_alone():
+    """K responses to one prompt in one call (as pair building judges them): the same verdicts as one by one."""
+    answer, responses = (
+        "\\frac{1}{\\sqrt{2}}",
+        ["\\boxed{\\frac{\\sqrt{2}}{2}}", "\\boxed{0.5}", "", "\\boxed{\\sqrt{2}/2}"],
+    )
+    assert correctness(responses, answer) == [True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    "response,expected",
+    [
+        ("<think>maybe 3</think>\n\nIt is 4.", "It is 4."),
+        ("<think>\\boxed{3}</think> so \\boxed{\\frac{1}{\\sqrt{2}}} wait \\boxed{x^{2}}", "x^{2}"),
+        ("<think>I was about to say", ""),
+        ("We add them. The answer is 1,234.5. Let me check.", "1,234.5"),
+        ("Steps... **Final Answer:**\n\n(B) 45°", "(B) 45°"),
+        ("B", "B"),
+        ("x" * 400, ""),
+        ("We count the birds. " * 20 + "Thus, the total is 9.", "the total is 9"),
+    ],
+)
+def test_final_answer(response, expected):
+    assert final_answer(response) == expected
+
+
+def test_symbolic_checks_work_off_the_main_thread():
+    """math-verify's own timeouts (signals) refuse a thread; the verifier sends such checks to worker processes."""
+    cases = [(r, a, c, e) for _, r, a, c, e in REASONING_CASES if c is None and "\\" in r + a]
+    assert len(cases) >= 8
+    got = {}
+    thread = threading.Thread(target=lambda: got.update(v=[correctness([r], a, c)[0] for r, a, c, _ in cases]))
+    thread.start()
+    thread.join()
+    verifier.shutdown_workers()
+    assert got["v"] == [e for *_, e in cases]
+
+
+def test_a_large_batch_goes_to_worker_processes_with_the_same_verdicts(monkeypatch):
+    pairs = [(f"\\frac{{{i}}}{{\\sqrt{{2}}}}", f"\\frac{{{i}\\sqrt{{2}}}}{{{2 + i % 2 * 2}}}") for i in range(1, 21)]
+    inline = [verifier.symbolic_equal(*p) for p in pairs]
+    verifier.symbolic_equal.cache_clear()
+    monkeypatch.setattr(verifier, "SYMBOLIC_POOL_MIN", 4)
+    try:
+        assert verifier.symbolic_equal_many(pairs) == inline == [i % 2 == 0 for i in range(1, 21)]
+        assert verifier._POOL is not None  # it really ran in the pool
+    finally:
+        verifier.shutdown_workers()
+
+
+@pytest.mark.parametrize(
+    "response,answer,expected",
+    [
+        ("The value is 21.5", "21", True),  # within 5%
+        ("The value is 22.1", "21", False),  # 5.2% off
+        ("\\boxed{19.96}", "21", True),
+        ("About 0.44", "45%", True),  # a % target divides by 100 (ChartQA's _to_float)
+        ("45%", "45%", True),
+        ("Republican", "republican", True),  # not a number: the same text, case-insensitive
+        ("Republicans", "republican", False),
+        ("0", "0", True),  # a zero target: exact text
+        ("0.01", "0", False),
+    ],
+)
+def test_relaxed_numeric(response, answer, expected):
+    assert correctness([response], answer, judge="relaxed_numeric") == [expected]
+
+
+def test_judge_is_chosen_by_record_field_then_source():
+    assert judge_for({"source": "chartqa"}) == judge_for({"source": "ChartQA/human"}) == "relaxed_numeric"
+    assert judge_for({"source": "chartqa_like"}) is None and judge_for({"source": None}) is None
+    assert judge_for({"source": "chartqa", "judge": "default"}) == "default"
+    assert judge_for({"source": "mathvista", "judge": None}) is None  # a missing field in a datasets column
+
+
+def test_a_registered_judge_is_used_and_an_unknown_one_refused(monkeypatch):
+    monkeypatch.setattr(verifier, "JUDGES", dict(JUDGES))
+    monkeypatch.setattr(verifier, "SOURCE_JUDGES", dict(verifier.SOURCE_JUDGES))
+
+    @register_judge("yes_no", sources=("pope",))
+    def yes_no(response, answer, choices):
+        return final_answer(response).lower().startswith(answer.lower())
+
+    assert judge_for({"source": "pope/adversarial"}) == "yes_no"
+    assert correctness(["Yes, there is a dog.", "No."], "yes", judge="yes_no") == [True, False]
+    with pytest.raises(ValueError, match="already registered"):
+        register_judge("yes_no")(lambda r, a, c: True)
+    with pytest.raises(ValueError, match=r"unknown judge 'nope'; registered judges: default, relaxed_numeric"):
+        correctness(["x"], "x", judge="nope")
+
+
+def test_a_prompt_record_naming_an_unknown_judge_is_refused():
+    record = {"id": "p1", "prompt": [{"role": "user", "content": [{"type": "text", "text": "q?"}]}], "images": []}
+    assert validate_prompt_record({**record, "judge": "relaxed_numeric"}, 3)["judge"] == "relaxed_numeric"
+    with pytest.raises(RecordError, match=r"record 'p1' \(#3\), field 'judge': unknown judge 'relaxed'"):
+        validate_prompt_record({**record, "judge": "relaxed"}, 3)
+
+
+def test_callers_judge_with_the_records_judge(monkeypatch):
+    """The MPO hook and the rounds' metrics pass each record's judge: 21.5 for 21 is right by relaxed accuracy only."""
+    prompts = [{**_prompt(0, "21", None), "source": "chartqa/human"}, {**_prompt(1, "21", None), "judge": "default"}]
+    answers = ["It is 21.5.", "It is 21.5."]
+    assert answer_metrics(prompts, answers, [1, 1], 16)["accuracy"] == 0.5
+    monkeypatch.setattr(mpo.evaluate, "generate_answers", lambda m, p, records, n: answers[: len(records)])
+    hook = mpo.evaluate.prompt_metrics(types.SimpleNamespace(device=torch.device("cpu")), None, prompts, batch_size=2)
+    assert hook["accuracy_by_source"] == {"chartqa/human": 1.0, "case01": 0.0}
