@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from common.correctness import register_judge
 from common.schema import RecordError, get_field
 from data_builders.sources import user_messages
 from policy_eval.base import LETTERS, BenchmarkItem, extract_option, judge_option, option_lines, score_option
@@ -38,4 +39,4 @@ def read_row(row: Mapping, index: int, ref: str) -> BenchmarkItem:
     return BenchmarkItem(record, {})
 
 
-extract, judge, score = extract_option, judge_option, score_option
+extract, judge, score = extract_option, register_judge("ai2d", sources=("ai2d",))(judge_option), score_option

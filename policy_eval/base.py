@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-THINK_END = "</think>"
+THINK_START, THINK_END = "<think>", "</think>"
 
 
 @dataclass
@@ -36,8 +36,11 @@ def option_lines(options: Sequence[str]) -> str:
 
 
 def after_thinking(response: str) -> str:
-    """The part of a response after its last `</think>` (all of it when there is none): what the rules read."""
-    return response.rsplit(THINK_END, 1)[-1]
+    """The part of a response after its last `</think>` (all of it when it never thinks; "" when a `<think>` is never
+    closed: cut off while thinking, as `common.correctness.final_answer` reads it): what the rules read."""
+    if THINK_END in response:
+        return response.rpartition(THINK_END)[2]
+    return "" if THINK_START in response else response
 
 
 def parse_option(response: str, options: Sequence[str]) -> str | None:

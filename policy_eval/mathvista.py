@@ -12,10 +12,10 @@ Prompt: `query`. Rule (lupantech/MathVista `evaluation/calculate_score.py`, `nor
 `safe_equal`): multiple choice: the extracted letter's choice text, else the choice nearest the extracted text by
 edit distance, must equal `answer`; integer: `str(int(float(x)))`; float: `str(round(float(x), precision))`; list
 and text: the text itself. **The official pipeline extracts the answer with GPT** (`extract_answer.py`); we read it
-without a model: the answer part of the response (after `</think>`; the last `\\boxed{...}`, else the text after the
-last "answer is" / "answer:"; else all of it), its option letter by MMMU's parser (`base.parse_option`), its last
-number (units and thousands separators dropped) for integer and float answers, its numbers for lists. Breakdown: the
-official target keys (`question_type`, `answer_type`, `language`, `source`, `category`, `task`, `context`, `grade`,
+without a model: the final answer of the response (`common.correctness.final_answer`: after `</think>`, the last
+`\\boxed{...}`, else the last "answer is" / "Answer:" statement, else a short response itself), its option letter
+by MMMU's parser (`base.parse_option`), its last number (units and thousands separators dropped) for integer and
+float answers, its numbers for lists. Breakdown: the official target keys (`question_type`, `answer_type`, `language`, `source`, `category`, `task`, `context`, `grade`,
 `skills`; a question counts under each of its skills).
 """
 
@@ -24,16 +24,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from common.correctness import final_answer, register_judge
 from common.schema import RecordError, get_field
 from data_builders.sources import user_messages
-from policy_eval.base import LETTERS, BenchmarkItem, after_thinking, parse_option
+from policy_eval.base import LETTERS, BenchmarkItem, parse_option
 
 HUB_ID = "AI4Math/MathVista"
 SHARD_GLOB = "testmini-*.parquet"
 BREAKDOWN = ("question_type", "answer_type", "language", "source", "category", "task", "context", "grade", "skills")
 ANSWER_TYPES = ("text", "integer", "float", "list")
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE)
 
 
 def read_row(row: Mapping, index: int, ref: str) -> BenchmarkItem:
@@ -63,21 +63,6 @@ def read_row(row: Mapping, index: int, ref: str) -> BenchmarkItem:
               **{key: meta.get(key) for key in BREAKDOWN[2:]}}  # fmt: skip
     fields["skills"] = list(fields["skills"] or [])
     return BenchmarkItem(record, fields)
-
-
-def final_text(response: str) -> str:
-    """The answer part of a response: after `</think>`; the last `\\boxed{...}`, else after the last "answer is" /
-    "answer:", else the whole text."""
-    text = after_thinking(response)
-    start = text.rfind("\\boxed{")
-    if start >= 0:
-        depth, i = 1, start + len("\\boxed{")
-        for j in range(i, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            if depth == 0:
-                return text[i:j].strip()
-    said = list(_ANSWER_IS.finditer(text))
-    return said[-1].group(1).strip() if said else text.strip()
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -114,7 +99,7 @@ def _answer_type(answer: str, choices: Sequence[str] | None) -> str:
 def normalized_prediction(response: str, choices: Sequence[str] | None, answer_type: str,
                           precision: int | None) -> str | None:  # fmt: skip
     """The official `normalize_extracted_answer` of our extracted answer (None: nothing of that type found)."""
-    text = final_text(response)
+    text = final_answer(response)
     if choices:
         letter = parse_option(text, choices)
         if letter is not None:
@@ -145,6 +130,7 @@ def extract(response: str, answer: str, choices: Sequence[str] | None) -> str | 
     return normalized_prediction(response, choices, kind, _decimals(answer))
 
 
+@register_judge("mathvista", sources=("mathvista",))
 def judge(response: str, answer: str, choices: Sequence[str] | None) -> bool:
     """The rule from a bare (answer, choices): the type from the answer's form, the precision from its decimals."""
     return _equal(extract(response, answer, choices), answer.strip(), _answer_type(answer, choices))

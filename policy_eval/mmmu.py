@@ -28,6 +28,7 @@ import ast
 import re
 from collections.abc import Mapping, Sequence
 
+from common.correctness import register_judge
 from common.schema import RecordError, get_field
 from data_builders.sources import user_messages
 from policy_eval.base import LETTERS, BenchmarkItem, after_thinking, extract_option, option_lines
@@ -178,7 +179,9 @@ def extract(response: str, answer: str, choices: Sequence[str] | None) -> str | 
     return " | ".join(map(str, parse_open(after_thinking(response)))) or None
 
 
+@register_judge("mmmu", sources=("mmmu",))
 def judge(response: str, answer: str, choices: Sequence[str] | None) -> bool:
+    """MMMU's official rule: the option parser with `choices`, else the open-answer rule."""
     if choices:
         return extract_option(response, answer, choices) == answer.strip()
     return open_correct(answer.strip(), parse_open(after_thinking(response)))

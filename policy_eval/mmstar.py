@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from common.correctness import register_judge
 from common.schema import RecordError, get_field
 from data_builders.sources import user_messages
 from policy_eval.base import LETTERS, BenchmarkItem, extract_option, judge_option, score_option
@@ -59,4 +60,4 @@ def read_row(row: Mapping, index: int, ref: str) -> BenchmarkItem:
     return BenchmarkItem(record, fields)
 
 
-extract, judge, score = extract_option, judge_option, score_option
+extract, judge, score = extract_option, register_judge("mmstar", sources=("mmstar",))(judge_option), score_option

@@ -80,3 +80,18 @@ def test_mathvista_bare_judge_takes_the_type_and_precision_from_the_answer():
     assert mathvista.judge("There are 7.", "7", None)  # integer
     assert mathvista.judge("Answer: 2, 4, 6", "[2, 4, 6]", None)  # list
     assert mathvista.judge("Answer: (B)", "no", ["yes", "no"])  # multiple choice: the choice text
+
+
+def test_registered_judges_give_the_job_verdicts_through_common_correctness(hub_data):
+    """Prompt records keep their benchmark as `source`: `correctness` then applies the benchmark's rule (pair building,
+    the rounds' held-out accuracy), with the verdicts the evaluation job gives."""
+    from common.correctness import correctness, judge_for
+    from policy_eval import BENCHMARKS, read_benchmark
+    from tests.policy_eval.hub_fixtures import SCRIPTS
+
+    for name, script in SCRIPTS.items():
+        for item in read_benchmark(name, hub_data[name]):
+            record, response = item.record, script[item.record["id"]]
+            assert judge_for(record) == record["source"]
+            (verdict,) = correctness([response], record["answer"], record.get("choices"), judge=judge_for(record))
+            assert verdict == BENCHMARKS[name].score(response, item)[1], (name, record["id"])
