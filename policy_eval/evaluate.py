@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.cli import write_run_meta
 from common.config_checks import model_path_problems, output_dir_problems, raise_problems
 from common.io import SkipLog
 from common.tracking import pyplot, save_figure, wandb_run
-from data_builders.sampling import Candidates
+from data_builders.sampling import Candidates, HFSampler, VLLMSampler
 from policy_eval import BENCHMARKS, BenchmarkItem, breakdown, read_benchmark
+from policy_eval.mmmu import MAX_IMAGES
 
 
 class Answerer(Protocol):
@@ -99,9 +101,6 @@ class EvalPolicyConfig:
 
 def make_answerer(cfg: EvalPolicyConfig) -> Answerer:
     """The generation backend the config asks for (the model loads here)."""
-    from data_builders.sampling import HFSampler, VLLMSampler
-    from policy_eval.mmmu import MAX_IMAGES
-
     if cfg.backend == "vllm":
         return VLLMSampler(cfg.model, dtype=cfg.dtype, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                            max_images_per_prompt=MAX_IMAGES)  # fmt: skip
@@ -163,8 +162,6 @@ def evaluate_policy(cfg: EvalPolicyConfig, answerer: Answerer | None = None) -> 
     Args:
         answerer: a ready backend (tests: scripted answers); by default the one `cfg` describes.
     """
-    from common.cli import write_run_meta
-
     cfg.validate()
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -128,3 +128,13 @@ def test_missing_data_and_unknown_benchmark_are_named(tmp_path):
         read_benchmark("mathvista_testmini", tmp_path)
     with pytest.raises(ValueError, match="unknown policy benchmark 'mmbench'"):
         read_benchmark("mmbench", tmp_path)
+
+
+def test_mmmu_images_nobody_mentions_go_first_and_a_mention_of_an_empty_image_is_named():
+    from policy_eval.mmmu import _place_images
+
+    row = {"image_1": "one", "image_2": None, "image_3": "three"}
+    text, images = _place_images("Look at <image 1>.", row, "'x' (#0)")
+    assert text == "Look at <image>." and images == ["three", "one"]  # untagged image_3 first, as user_messages puts it
+    with pytest.raises(RecordError, match=r"field 'image_2': the text mentions <image 2> but image_2 is empty"):
+        _place_images("<image 2>", row, "'x' (#0)")
