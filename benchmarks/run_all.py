@@ -142,6 +142,20 @@ def reward_data_figures(r: dict) -> list[Figure]:
             for row in r["rows"]]  # fmt: skip
 
 
+def correctness_figures(r: dict) -> list[Figure]:
+    """`bench_correctness.py`: the answer verifier's judgments per CPU-second against the old rule (a regex search:
+    the ratio is below 1 by nature, the verifier reads the final answer and checks math) and against math-verify
+    alone (what every judgment would cost without the fast path). Agreement with the mix's labels in the shape."""
+    shape = (f"{r['judgments']} judgments, K={r['k']}, {r['multiple_choice_share']:.0%} multiple choice, "
+             f"{r['symbolic_share']:.1%} symbolic; agreement ours {r['ours_agreement']:.1%}, old "
+             f"{r['old_agreement']:.1%}, math-verify {r['math_verify_agreement']:.1%}")  # fmt: skip
+    return [Figure("correctness", "verifier / old rule (judgments per CPU-s)", shape, f"{r['old_per_cpu_s']:.0f} /CPU-s",
+                   f"{r['ours_per_cpu_s']:.0f} /CPU-s", r["ratio_to_old"], None, "CPU time"),
+            Figure("correctness", f"verifier / math-verify alone ({r['math_verify_judgments']} judgments)", shape,
+                   f"{r['math_verify_per_cpu_s']:.0f} /CPU-s", f"{r['ours_per_cpu_s']:.0f} /CPU-s",
+                   r["ratio_to_math_verify"], None, "CPU time")]  # fmt: skip
+
+
 @dataclasses.dataclass
 class Bench:
     """A registry entry: the script, its arguments (full run / --quick), the flag of its JSON path, its figures."""
@@ -171,6 +185,8 @@ REGISTRY = [
           ["--seconds", "2", "--clients", "8"], "--output", server_figures),
     Bench("reward_data", "benchmarks/bench_reward_data.py", ["--sizes", "2000", "10000", "--filter", "off"],
           ["--sizes", "300", "--filter", "off"], "--output", reward_data_figures),
+    Bench("correctness", "benchmarks/bench_correctness.py", ["--prompts", "1000"],
+          ["--prompts", "60", "--math_verify_judgments", "48"], "--output", correctness_figures),
 ]  # fmt: skip
 
 

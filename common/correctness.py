@@ -282,8 +282,8 @@ _NEXT_WORD = re.compile(r"\s+([a-z]+)")
 _AFTER_LABEL = {"is", "and", "or", "because", "since", "as", "but", "which", "not", "seems", "appears", "matches"}
 _NEGATED_BEFORE = re.compile(r"(?i)(?:\bnot|n't|\brather\s+than|\binstead\s+of|\bexcept|\brule\s+out|\beliminate)"
                              r"\s*(?:option\s+|choice\s+)?[(\[]?$")  # fmt: skip
-_NEGATED_AFTER = re.compile(r"(?i)^[)\]]?\s*(?:is|was|seems)?\s*(?:wrong|incorrect|false|not\b|ruled\s+out)")
-_HEDGE = re.compile(r"(?i)^[)\].\s]*(?:,|/|\bor\b|\band/or\b)[\s(\[]*(?:option\s+|choice\s+)?$")
+_NEGATED_AFTER = re.compile(r"(?i)^[)\]]?\s*(?:is|are|was|seems)?\s*(?:wrong|incorrect|false|not\b|ruled\s+out)")
+_HEDGE = re.compile(r"(?i)^[)\].\s]*(?:/|\bor\b|\band/or\b)[\s(\[]*(?:option\s+|choice\s+)?$")
 
 
 def _norm(text: str) -> str:

@@ -13,7 +13,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from benchmarks.ideal import Shape, mpo_memory_ideal, mpo_step_flops, sampling_ideal, scoring_ideal
-from benchmarks.run_all import run_script
+from benchmarks.run_all import correctness_figures, run_script
 from common.tiny_vlm import TinyVLMSpec, build_config, build_processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,3 +99,17 @@ def test_gpu_check_runs_on_cpu_with_the_small_preset(tmp_path):
     assert mpo_json["same_loss_abs_diff"] < 1e-4 and mpo_json["ours"]["gradient_checkpointing"]
     assert summary["vllm"]["status"].startswith("skipped")
     assert "| trl |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_bench_correctness_measures_both_rules_on_the_same_labelled_mix(tmp_path):
+    """A small mix: the verifier agrees with the generator's labels (the old rule does not), a third is multiple
+    choice, a few percent needs math-verify; both table rows come out."""
+    args = ["--prompts", "48", "--k", "4", "--math_verify_judgments", "16"]
+    status = run_script("benchmarks/bench_correctness.py", args, "--output", tmp_path / "c.json", ENV, timeout=600)
+    assert status["status"] == "ok", status
+    r = json.loads((tmp_path / "c.json").read_text())
+    assert r["judgments"] == 192 and r["multiple_choice_share"] == pytest.approx(1 / 3)
+    assert r["ours_agreement"] == 1.0 and r["old_agreement"] < 0.8
+    assert 0 < r["symbolic_share"] < 0.2 and r["math_verify_judgments"] == 16
+    rows = correctness_figures(r)
+    assert [f.ratio for f in rows] == [r["ours_per_cpu_s"] / r["old_per_cpu_s"], r["ratio_to_math_verify"]]
