@@ -10,8 +10,9 @@ Backends (`make_sampler`):
   same logits warpers as `generate`), so for a seed they give the same samples up to float noise.
 * ``"vllm"`` (`VLLMSampler`): GPU only, optional extra (`pip install vllm`), imported only when chosen.
 
-Both also give one greedy answer per prompt (`greedy`, what policy evaluation reads): on the HF path, the same
-shared-prefill loop with one row and argmax in place of the draw (`generate(do_sample=False)`'s tokens).
+Both also give greedy answers (`greedy(prompts, max_new_tokens)`, what policy evaluation reads): on the HF path,
+the same shared-prefill loop with one row and argmax in place of the draw (`generate(do_sample=False)`'s tokens),
+prompt by prompt; with vLLM, all the prompts in one batched call.
 
 Only `SamplingParams` decide the distribution: a checkpoint's `generation_config.json` sampling defaults (the
 Qwen2.5-VL-Instruct release ships `top_k=1`, `repetition_penalty=1.05`) are not applied on either path.
@@ -25,7 +26,7 @@ from `get_rope_index` (it needs the processor's `mm_token_type_ids`); decoding c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -168,12 +169,16 @@ class HFSampler:
         return warpers
 
     @torch.no_grad()
-    def greedy(self, prompt: Mapping[str, Any], max_new_tokens: int) -> Candidates:
-        """The greedy answer (argmax at every step, as `generate(do_sample=False)`): one prefill, one decode row."""
-        inputs = self.encode(prompt)
-        self._check_length(prompt, inputs)
+    def greedy(self, prompts: Sequence[Mapping[str, Any]], max_new_tokens: int) -> list[Candidates]:
+        """The greedy answer to each prompt (argmax at every step, as `generate(do_sample=False)`): per prompt one
+        prefill and one decode row."""
         argmax = lambda seqs, logits: logits.argmax(dim=-1)  # noqa: E731
-        return self._decode(self._decode_shared_prefill(inputs, 1, max_new_tokens, argmax))
+        answers = []
+        for prompt in prompts:
+            inputs = self.encode(prompt)
+            self._check_length(prompt, inputs)
+            answers.append(self._decode(self._decode_shared_prefill(inputs, 1, max_new_tokens, argmax)))
+        return answers
 
     def _decode_shared_prefill(self, inputs, k: int, max_new_tokens: int, choose) -> torch.Tensor:
         """Prefill once, repeat the cache `k` ways, decode `k` rows; `choose(seqs, logits)` picks each next token."""
@@ -230,21 +235,24 @@ class VLLMSampler:
         vparams = VLLMParams(n=params.num_samples, temperature=params.temperature, top_p=params.top_p,
                              top_k=params.top_k or -1, max_tokens=params.max_new_tokens, repetition_penalty=1.0,
                              seed=seed)  # fmt: skip
-        return self._generate(prompt, vparams)
+        return self._generate([prompt], vparams)[0]
 
-    def greedy(self, prompt: Mapping[str, Any], max_new_tokens: int) -> Candidates:
-        """The greedy answer (temperature 0)."""
+    def greedy(self, prompts: Sequence[Mapping[str, Any]], max_new_tokens: int) -> list[Candidates]:
+        """The greedy answer to each prompt (temperature 0), all prompts in one `generate` call (vLLM batches them)."""
         from vllm import SamplingParams as VLLMParams
 
-        return self._generate(prompt, VLLMParams(n=1, temperature=0.0, max_tokens=max_new_tokens))
+        return self._generate(prompts, VLLMParams(n=1, temperature=0.0, max_tokens=max_new_tokens))
 
-    def _generate(self, prompt: Mapping[str, Any], vparams) -> Candidates:
-        text = self.processor.apply_chat_template(prompt["prompt"], add_generation_prompt=True, tokenize=False)
-        request: dict[str, Any] = {"prompt": text}
-        if prompt.get("images"):
-            request["multi_modal_data"] = {"image": [load_image(im) for im in prompt["images"]]}
-        outputs = self.llm.generate([request], vparams, use_tqdm=False)[0].outputs
-        return Candidates([o.text.strip() for o in outputs], [len(o.token_ids) for o in outputs])
+    def _generate(self, prompts: Sequence[Mapping[str, Any]], vparams) -> list[Candidates]:
+        requests = []
+        for prompt in prompts:
+            text = self.processor.apply_chat_template(prompt["prompt"], add_generation_prompt=True, tokenize=False)
+            request: dict[str, Any] = {"prompt": text}
+            if prompt.get("images"):
+                request["multi_modal_data"] = {"image": [load_image(im) for im in prompt["images"]]}
+            requests.append(request)
+        results = self.llm.generate(requests, vparams, use_tqdm=False)
+        return [Candidates([o.text.strip() for o in r.outputs], [len(o.token_ids) for o in r.outputs]) for r in results]
 
 
 def make_sampler(backend: str, model_path: str, dtype: str, device: str, min_pixels: int | None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +28,7 @@ from policy_eval.mmmu import MAX_IMAGES
 class Answerer(Protocol):
     """What the job needs from a generation backend (`data_builders.sampling.HFSampler` / `VLLMSampler`)."""
 
-    def greedy(self, prompt: Mapping[str, Any], max_new_tokens: int) -> Candidates: ...
+    def greedy(self, prompts: Sequence[Mapping[str, Any]], max_new_tokens: int) -> list[Candidates]: ...
 
 
 @dataclass
@@ -109,15 +109,19 @@ def make_answerer(cfg: EvalPolicyConfig) -> Answerer:
     )
 
 
-def answer_rows(name: str, items: list[BenchmarkItem], answer: Callable[[dict], Candidates]) -> list[dict[str, Any]]:
-    """One prediction row per item: its greedy response, the extracted answer and the verdict of the official rule."""
+def answer_rows(name: str, items: list[BenchmarkItem], answerer: Answerer, max_new_tokens: int,
+                batch_size: int = 64) -> list[dict[str, Any]]:  # fmt: skip
+    """One prediction row per item: its greedy response, the extracted answer and the verdict of the official rule
+    (asked `batch_size` questions at a time: vLLM batches them; progress printed per batch)."""
     module, rows = BENCHMARKS[name], []
-    for item in items:
-        out = answer(item.record)
-        extracted, correct = module.score(out.texts[0], item)
-        rows.append({"benchmark": name, "id": item.record["id"], "answer": item.record["answer"],
-                     "response": out.texts[0], "extracted": extracted, "correct": bool(correct),
-                     "num_tokens": out.num_tokens[0], **item.fields})  # fmt: skip
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        for item, out in zip(batch, answerer.greedy([item.record for item in batch], max_new_tokens)):
+            extracted, correct = module.score(out.texts[0], item)
+            rows.append({"benchmark": name, "id": item.record["id"], "answer": item.record["answer"],
+                         "response": out.texts[0], "extracted": extracted, "correct": bool(correct),
+                         "num_tokens": out.num_tokens[0], **item.fields})  # fmt: skip
+        print(f"{name}: {len(rows)}/{len(items)} answered", flush=True)
     return rows
 
 
@@ -174,7 +178,7 @@ def evaluate_policy(cfg: EvalPolicyConfig, answerer: Answerer | None = None) -> 
     answerer = answerer or make_answerer(cfg)
     start, metrics, rows = time.perf_counter(), {}, []
     for name, read in items.items():
-        answered = answer_rows(name, read, lambda record: answerer.greedy(record, cfg.max_new_tokens))
+        answered = answer_rows(name, read, answerer, cfg.max_new_tokens)
         metrics[name] = breakdown(answered, BENCHMARKS[name].BREAKDOWN)
         rows += answered
         print(f"{name}: {_pct(metrics[name]['overall'])} ({metrics[name]['correct']}/{metrics[name]['total']})")

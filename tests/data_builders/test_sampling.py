@@ -94,7 +94,7 @@ def test_greedy_answer_equals_generate_without_sampling(tiny_vlm_path, prompts):
         out = sampler.model.generate(**inputs, do_sample=False, max_new_tokens=10, pad_token_id=sampler.pad_id,
                                      repetition_penalty=1.0)  # fmt: skip
         expected = sampler._decode(out[:, inputs["input_ids"].shape[1] :])
-        got = sampler.greedy(prompt, max_new_tokens=10)
+        (got,) = sampler.greedy([prompt], max_new_tokens=10)
         assert got.texts == expected.texts and got.num_tokens == expected.num_tokens
         lengths.add(got.num_tokens[0])
     assert len(got.texts) == 1 and len(lengths) > 1 and min(lengths) < 10

@@ -28,8 +28,8 @@ class ScriptedAnswerer:
     def __init__(self):
         self.script = {qid: text for script in SCRIPTS.values() for qid, text in script.items()}
 
-    def greedy(self, prompt, max_new_tokens):
-        return Candidates([self.script[prompt["id"]]], [len(self.script[prompt["id"]].split())])
+    def greedy(self, prompts, max_new_tokens):
+        return [Candidates([self.script[p["id"]]], [len(self.script[p["id"]].split())]) for p in prompts]
 
 
 def _data(hub_data) -> list[str]:
@@ -78,7 +78,8 @@ def test_tiny_model_end_to_end_from_the_hub_layouts(hub_data, tiny_vlm_path, tmp
     sampler = HFSampler(str(tiny_vlm_path), device="cpu", max_pixels=50176)
     first = read_benchmark("mmmu_val", hub_data["mmmu_val"])[2]  # validation_Art_1: two images, in mention order
     assert (
-        next(r for r in rows if r["id"] == first.record["id"])["response"] == sampler.greedy(first.record, 16).texts[0]
+        next(r for r in rows if r["id"] == first.record["id"])["response"]
+        == sampler.greedy([first.record], 16)[0].texts[0]
     )
     with Image.open(out / "categories.png") as im:
         assert im.format == "PNG" and im.size[0] > 400
