@@ -4,9 +4,9 @@
     python benchmarks/bench_correctness.py --prompts 200 --output /tmp/c.json   # quick (the suite's --quick)
 
 The mix, as pair building sees it: K responses per prompt, a third of the prompts multiple choice (four options
-with units, the gold a letter), the rest free-form numbers (integers, decimals, thousands, negatives, percentages)
-and one in eight a LaTeX expression (fractions, roots, multiples of pi). Each response is a chain of thought of
-600-1,500 characters that names other numbers and options, then ends in one of the forms reasoners use (``\\boxed{}``,
+with units, the gold a letter), the rest free-form: numbers (integers, decimals, thousands, negatives, percentages),
+one in sixteen a LaTeX number (roots, multiples of pi) and one in sixteen a polynomial, set or interval. Each
+response is a chain of thought of 600-1,500 characters that names other numbers and options, then ends in one of the forms reasoners use (``\\boxed{}``,
 "The answer is ...", "**Final Answer:** ...", a ``<think>`` block then the answer), half of them right; right
 answers are sometimes written in an equivalent form (0.5 as ``\\frac{1}{2}``, 1234 as 1,234, ``\\frac{1}{\\sqrt{2}}``
 as ``\\frac{\\sqrt{2}}{2}``); some change their mind before the end, some are cut off (wrong).
@@ -72,8 +72,15 @@ def _reasoning(rnd: random.Random, chars: int) -> str:
 def _open_prompt(rnd: random.Random) -> tuple[str, list[str], list[str]]:
     """(gold, right forms, wrong forms) of a free-form question."""
     kind = rnd.random()
-    if kind < 1 / 8:  # a LaTeX expression: right forms that only the symbolic check can see are equal
+    if kind < 1 / 16:  # an expression with a variable, a set or an interval: only math-verify can settle it
         k = rnd.randint(2, 99)  # distinct enough that the cache of symbolic checks is not what is measured
+        return rnd.choice([
+            (f"x^2 + {k}x", [f"{k}x + x^2", f"x(x + {k})"], [f"x^2 + {k + 1}x", f"{k}x^2 + x"]),
+            (f"\\{{1, {k}\\}}", [f"\\{{{k}, 1\\}}", f"\\{{1, {k}\\}}"], [f"\\{{1, {k + 1}\\}}", f"\\{{{k}\\}}"]),
+            (f"({k}, {k + 3})", [f"({k},{k + 3})", f"({k}, {k + 3})"], [f"[{k}, {k + 3}]", f"({k}, {k + 4})"]),
+        ])  # fmt: skip
+    if kind < 1 / 8:  # a closed-form number in LaTeX: equal forms that string and number checks cannot see
+        k = rnd.randint(2, 99)
         return rnd.choice([
             (f"\\frac{{{k}}}{{\\sqrt{{2}}}}", [f"\\frac{{{k}\\sqrt{{2}}}}{{2}}", f"\\frac{{{k}}}{{\\sqrt{{2}}}}"],
              [f"{k}\\sqrt{{2}}", f"\\frac{{{k}}}{{2}}"]),

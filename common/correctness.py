@@ -14,8 +14,9 @@ The final answer is then compared with the ground truth by a **judge** (`JUDGES`
   text; "a"/"A" as an article and "I" as a pronoun never name an option; an option named as wrong ("not A", "A is
   incorrect") does not count, and a hedge ("B or C") is wrong. Without choices, normalised string equality, then
   numbers (thousands separators, negatives, fractions, percentages, units, ``\\frac{1}{2}`` = 0.5: the last number of
-  the final answer), then the ground truth as whole words ("red" is not found in "reddish"); only what these fast
-  checks cannot settle (``\\sqrt{2}``, ``\\frac{\\pi}{4}``, sets, expressions) goes to HF's `math-verify`, in worker
+  the final answer), then the ground truth as whole words ("red" is not found in "reddish"), then arithmetic
+  evaluated (``2\\sqrt{3}`` = ``\\sqrt{12}``, ``x(x+5)`` = ``x^2+5x`` at three points); only what these fast checks
+  cannot settle (sets, intervals, equations, functions) goes to HF's `math-verify`, in worker
   processes when off the main thread or for a batch (its timeouts are Unix signals: they work only in a process's
   main thread).
 * ``relaxed_numeric``: ChartQA's relaxed accuracy (a number within 5% of the ground truth, else exact text).
@@ -25,9 +26,11 @@ Answers may be words, numbers ("12", or 12 stored as a number), letters ("B"), p
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
 import multiprocessing
+import operator
 import os
 import re
 import sys
@@ -174,45 +177,18 @@ _UNIT_POWER = re.compile(r"(?<=[A-Za-z])\s*\^\s*\{?\s*[23]\s*\}?|[²³]")
 _NUMBER = re.compile(
     r"(?<![\w.])(-?)(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:\s*/\s*(\d+(?:\.\d+)?)(?![\d.]))?(\s*(?:%|\\%|percent\b))?"
 )
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_LEADING_WORDS = re.compile(r"^(?:[A-Za-z]{2,}[\s,:]+)+(?=\S)")  # "the area is \frac{..}" -> "\frac{..}"
+_TRAILING_WORDS = re.compile(r"(?:\s+[A-Za-z]{2,})+[.\s]*$")  # "\frac{..} square units" -> "\frac{..}"
+_VARIABLE_IS = re.compile(r"^[A-Za-z]\s*=\s*")  # "x = \frac{1}{2}" -> "\frac{1}{2}"
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
     "eighteen nineteen twenty".split())}  # fmt: skip
 _NUMBER_WORD = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r")\b", re.I)
 _UNIT = re.compile(r"\s*[A-Za-z]+(?:\s*/\s*[A-Za-z]+)?\.?")  # "12 cm", "3 m/s"; "2x" only with a known unit
-_SHORT_UNITS = {
-    "mm",
-    "cm",
-    "m",
-    "km",
-    "g",
-    "kg",
-    "mg",
-    "s",
-    "ms",
-    "h",
-    "min",
-    "ml",
-    "l",
-    "ft",
-    "in",
-    "yd",
-    "mi",
-    "lb",
-    "oz",
-    "k",
-    "kb",
-    "mb",
-    "gb",
-    "hz",
-    "khz",
-    "w",
-    "kw",
-    "v",
-    "mph",
-    "cm/s",
-    "m/s",
-    "km/h",
-}
+_SHORT_UNITS = set(
+    "mm cm m km g kg mg s ms h min ml l ft in yd mi lb oz k kb mb gb hz khz w kw v mph cm/s m/s km/h".split()
+)  # units written right after the number
 _PROSE_IN_PARENS = re.compile(r"\([A-Za-z ,.']*\)")  # "12 (approximately)"
 _MATH = re.compile(r"\\|\^|[√π∞+*×÷/{}\[\]()]|\b(?:sqrt|pi|inf|log|ln|sin|cos|tan|exp)\b")
 
@@ -267,6 +243,141 @@ def same_number(gold: tuple[Fraction, bool], got: tuple[Fraction, bool], rel_tol
     (g, g_pct), (r, r_pct) = gold, got
     candidates = [r] if g_pct == r_pct else [r, r * 100 if g_pct else r / 100]
     return any(math.isclose(g, c, rel_tol=rel_tol, abs_tol=1e-12) for c in candidates)
+
+
+# --------------------------------------------------------------------------------------------------- arithmetic
+
+_LATEX_TO_PY = [(re.compile(p), r) for p, r in (
+    (r"\\[dt]frac", r"\\frac"), (r"\\(?:cdot|times)", "*"), (r"\\div", "/"), (r"\\pi\b|π", " pi "),
+    (r"\^\s*\{?\s*\\circ\s*\}?|°", ""), (r"\\(?:left|right|displaystyle)\b|\\[,!;: ]|\$", ""), (r"√", r"\\sqrt"),
+)]  # fmt: skip
+_PY_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+|sqrt|pi|[A-Za-z](?![A-Za-z])|\*\*|[-+*/()])")
+_STARTS_FACTOR = re.compile(r"[\d.(A-Za-z]")  # a number, "(", sqrt, pi or a variable
+_ENDS_FACTOR = re.compile(r"[\d.]+|\)|pi|[A-Za-z]")
+_SAMPLE_POINTS = (0.5772156649, 1.3247179572, 2.7182818285)
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.Pow: operator.pow}  # fmt: skip
+
+
+def _braced(text: str, i: int) -> tuple[str, int] | None:
+    """The group starting at text[i] ("{...}" with nested braces, or one character) and the index after it."""
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return None
+    if text[i] != "{":
+        return text[i], i + 1
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j], j + 1
+    return None
+
+
+def _latex_to_python(text: str) -> str | None:
+    """\\frac and \\sqrt as Python (recursively), other braces as parentheses, ^ as **; None for an unclosed group."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("\\frac", i) or text.startswith("\\sqrt", i):
+            command, i, root = text[i + 1 : i + 5], i + 5, None
+            if command == "sqrt" and text[i : i + 1] == "[":
+                end = text.find("]", i)
+                root = _latex_to_python(text[i + 1 : end]) if end > 0 else None
+                if root is None:
+                    return None
+                i = end + 1
+            groups = []
+            for _ in range(2 if command == "frac" else 1):
+                group = _braced(text, i)
+                inner = _latex_to_python(group[0]) if group else None
+                if inner is None:
+                    return None
+                groups.append(inner)
+                i = group[1]
+            if command == "frac":
+                out.append(f"(({groups[0]})/({groups[1]}))")
+            else:
+                out.append(f"(({groups[0]})**(1/({root})))" if root else f"sqrt({groups[0]})")
+            continue
+        out.append({"{": "(", "}": ")", "^": "**"}.get(text[i], text[i]))
+        i += 1
+    return "".join(out)
+
+
+def _evaluate(node: ast.AST, env: Mapping[str, float]) -> float:
+    """A float from a whitelisted arithmetic tree (numbers, pi, one-letter variables of `env`, sqrt, + - * / **);
+    anything else raises ValueError."""
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body, env)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    if isinstance(node, ast.Name):
+        return math.pi if node.id == "pi" else env[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _evaluate(node.operand, env)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "sqrt" and len(node.args) == 1:
+        return math.sqrt(_evaluate(node.args[0], env))
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        left, right = _evaluate(node.left, env), _evaluate(node.right, env)
+        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or (left < 0 and right != int(right))):
+            raise ValueError("power out of range")
+        return _OPERATORS[type(node.op)](left, right)
+    raise ValueError("not arithmetic")
+
+
+@functools.lru_cache(maxsize=65536)
+def _arithmetic(text: str) -> tuple[ast.Expression, frozenset[str]] | None:
+    """`text` as an arithmetic tree and its one-letter variables ("2\\sqrt{3}", "\\frac{\\pi}{4}", "(1+\\sqrt5)/2",
+    "3^2", "1,234", "x(x + 3)"); None for anything else (sets, intervals, equations, functions, words, %)."""
+    text = str(text).strip().replace("−", "-")
+    if not text or "%" in text or len(text) > 200:
+        return None
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    for pattern, replacement in _LATEX_TO_PY:
+        text = pattern.sub(replacement, text)
+    text = _latex_to_python(text)
+    if text is None:
+        return None
+    tokens, end = [], 0
+    for m in _PY_TOKEN.finditer(text):
+        if m.start() != end:
+            return None  # a character outside the arithmetic (a comma, "=", a word)
+        if tokens and _ENDS_FACTOR.fullmatch(tokens[-1]) and _STARTS_FACTOR.match(m[1]):
+            tokens.append("*")  # an implicit product: 2\sqrt{3}, 3\pi, (1)(2), 2x
+        tokens.append(m[1])
+        end = m.end()
+    if not tokens or text[end:].strip():
+        return None
+    try:
+        tree = ast.parse(" ".join(tokens), mode="eval")
+    except (SyntaxError, RecursionError, MemoryError):
+        return None
+    return tree, frozenset(t for t in tokens if t.isalpha() and len(t) == 1)
+
+
+def numeric_equal(answer: str, got: str) -> bool | None:
+    """Whether two arithmetic expressions have the same value (with variables: at three points; a polynomial
+    identity that holds there holds almost surely); None when either is not arithmetic or cannot be evaluated."""
+    a, b = _arithmetic(answer), _arithmetic(got)
+    if a is None or b is None or a[1] != b[1]:
+        return None
+    names = sorted(a[1])
+    points = [{v: p * (1 + 0.37 * i) for i, v in enumerate(names)} for p in (_SAMPLE_POINTS if names else (0.0,))]
+    try:
+        pairs = [(_evaluate(a[0], env), _evaluate(b[0], env)) for env in points]
+    except (ValueError, ZeroDivisionError, OverflowError, RecursionError):
+        return None
+    if not all(math.isfinite(x) and math.isfinite(y) for x, y in pairs):
+        return None
+    return all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in pairs)
+
+
+def _strip_prose(text: str) -> str:
+    """A final answer without the prose around its math ("the area is \\frac{..} square units" -> "\\frac{..}")."""
+    return _VARIABLE_IS.sub("", _TRAILING_WORDS.sub("", _LEADING_WORDS.sub("", text.strip())))
 
 
 # ----------------------------------------------------------------------------------------------------- options
@@ -394,21 +505,23 @@ def _default_fast(span: str, answer: str, choices: list[str] | None) -> bool | t
     if got == gold:
         return True
     value = gold_number(answer)
-    if value is not None:
-        if _MATH.search(_PROSE_IN_PARENS.sub(" ", _NUMBER.sub(" ", _clean(span)))):
-            return answer, span  # "\\sqrt{2}", "2 + 3": its last number is not its value
+    if value is not None and not _MATH.search(_PROSE_IN_PARENS.sub(" ", _NUMBER.sub(" ", _clean(span)))):
         found = numbers(span)
         return bool(found) and same_number(value, found[-1])
-    if _contains(got, gold):
+    if value is None and _contains(got, gold):
         return True
-    return False if _WORDS.fullmatch(gold) else (answer, span)
+    if value is None and _WORDS.fullmatch(gold):
+        return False
+    # an expression ("\\sqrt{2}", "x(x + 3)": its last number is not its value): arithmetic is settled here
+    same = numeric_equal(answer, _strip_prose(span))
+    return (answer, span) if same is None else same
 
 
 @register_judge("default")
 def default_judge(response: str, answer: str, choices: list[str] | None) -> bool:
     """Final answer against the ground truth: options, numbers, words, then math-verify (module docstring)."""
     verdict = _default_fast(final_answer(response), answer, choices)
-    return symbolic_equal(*verdict) if isinstance(verdict, tuple) else verdict
+    return symbolic_equal_many([verdict])[0] if isinstance(verdict, tuple) else verdict
 
 
 @register_judge("relaxed_numeric", sources=("chartqa",))
@@ -433,15 +546,11 @@ def relaxed_numeric(response: str, answer: str, choices: list[str] | None, max_r
 _POOL: ProcessPoolExecutor | None = None
 
 
-_LEADING_WORDS = re.compile(r"^(?:[A-Za-z]{2,}[\s,:]+)+(?=\S)")  # "the area is \frac{..}" -> "\frac{..}"
-_TRAILING_WORDS = re.compile(r"(?:\s+[A-Za-z]{2,})+[.\s]*$")  # "\frac{..} square units" -> "\frac{..}"
-
-
 def _as_latex(text: str) -> str:
     """Text math-verify reads as LaTeX: prose around it dropped, wrapped in $...$ unless it has a delimiter."""
     if "$" in text or "\\(" in text or "\\[" in text:
         return text
-    return "$" + _TRAILING_WORDS.sub("", _LEADING_WORDS.sub("", text.strip())) + "$"
+    return "$" + _strip_prose(text) + "$"
 
 
 @functools.lru_cache(maxsize=4096)

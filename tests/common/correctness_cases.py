@@ -1,7 +1,7 @@
 """The verifier's case table: reasoning-style responses judged as a careful grader would (issue 18).
 
 Each row: (what it checks, response, answer, choices, correct). The old rule (the answer mentioned anywhere and no
-other choice) got 49 of these 86 right.
+other choice) got 53 of these 96 right.
 """
 
 LETTERS = ["A", "B", "C", "D"]
@@ -93,6 +93,16 @@ REASONING_CASES = [
         None,
         True,
     ),
+    ("interval, open/closed ends", "\\boxed{[2, 5)}", "(2, 5]", None, False),
+    ("set, reordered", "\\boxed{\\{5, 2\\}}", "\\{2, 5\\}", None, True),
+    ("trigonometric identity", "\\boxed{\\sin^2 x + \\cos^2 x}", "1", None, True),
+    ("logarithm", "\\boxed{\\ln(e^2)}", "2", None, True),
+    ("interval in set notation", "\\boxed{x \\in (1, 3)}", "(1,3)", None, True),
+    ("root forms (arithmetic)", "\\boxed{2\\sqrt{3}}", "\\sqrt{12}", None, True),
+    ("factored polynomial (arithmetic)", "\\boxed{x(x+5)}", "x^2+5x", None, True),
+    ("different polynomial (arithmetic)", "\\boxed{x(x+6)}", "x^2+5x", None, False),
+    ("pi as a decimal (arithmetic)", "\\boxed{0.785398}", "\\frac{\\pi}{4}", None, True),
+    ("equation as given", "The answer is $y = 2x + 1$.", "y = 2x + 1", None, True),
     # words
     ("word answer", "The shape is Red.", "red", None, True),
     ("word answer inside a word", "It is reddish.", "red", None, False),
