@@ -19,6 +19,8 @@ setup(
             "mpo.*",
             "rounds",
             "rounds.*",
+            "policy_eval",
+            "policy_eval.*",
         ]
     ),  # fmt: skip
     install_requires=[

@@ -106,6 +106,16 @@ def message_text(messages: Sequence[Mapping]) -> str:
     return "".join(p["text"] for m in messages for p in m["content"] if p["type"] == "text" and p["text"])
 
 
+def get_field(row: Mapping, field: str, ref: str, kind: type | tuple = str) -> Any:
+    """`row[field]`, which must be present, of type `kind`, and (a string) not blank; else a `RecordError`."""
+    value = row.get(field)
+    if value is None or (isinstance(value, str) and not value.strip() and kind is str):
+        raise RecordError(ref, field, "missing or empty")
+    if not isinstance(value, kind):
+        raise RecordError(ref, field, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
 def count_image_placeholders(messages: Sequence[Mapping]) -> int:
     return sum(1 for m in messages for p in m["content"] if p["type"] == "image")
 

@@ -10,6 +10,10 @@ Backends (`make_sampler`):
   same logits warpers as `generate`), so for a seed they give the same samples up to float noise.
 * ``"vllm"`` (`VLLMSampler`): GPU only, optional extra (`pip install vllm`), imported only when chosen.
 
+Both also give greedy answers (`greedy(prompts, max_new_tokens)`, what policy evaluation reads): on the HF path,
+the same shared-prefill loop with one row and argmax in place of the draw (`generate(do_sample=False)`'s tokens),
+prompt by prompt; with vLLM, all the prompts in one batched call.
+
 Only `SamplingParams` decide the distribution: a checkpoint's `generation_config.json` sampling defaults (the
 Qwen2.5-VL-Instruct release ships `top_k=1`, `repetition_penalty=1.05`) are not applied on either path.
 
@@ -22,7 +26,7 @@ from `get_rope_index` (it needs the processor's `mm_token_type_ids`); decoding c
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,14 +130,16 @@ class HFSampler:
     @torch.no_grad()
     def sample(self, prompt: Mapping[str, Any], params: SamplingParams, seed: int) -> Candidates:
         inputs = self.encode(prompt)
-        prompt_len = inputs["input_ids"].shape[1]
-        if self.max_prompt_tokens is not None and prompt_len > self.max_prompt_tokens:
-            raise PromptTooLong(
-                f"prompt {prompt['id']!r}: {prompt_len} tokens > max_prompt_tokens={self.max_prompt_tokens}"
-            )
+        prompt_len = self._check_length(prompt, inputs)
         if self.shared_prefill:
             generator = torch.Generator(self.device).manual_seed(seed)
-            tokens = self._sample_shared_prefill(inputs, params, generator)
+            warpers = self._warpers(params)
+
+            def draw(seqs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+                probs = torch.softmax(warpers(seqs, logits), dim=-1)
+                return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+            tokens = self._decode_shared_prefill(inputs, params.num_samples, params.max_new_tokens, draw)
         else:
             torch.manual_seed(seed)  # generate() draws from the global generator; same stream as the above
             out = self.model.generate(**inputs, do_sample=True, num_return_sequences=params.num_samples,
@@ -142,6 +148,14 @@ class HFSampler:
                                       pad_token_id=self.pad_id)  # fmt: skip
             tokens = out[:, prompt_len:]
         return self._decode(tokens)
+
+    def _check_length(self, prompt: Mapping[str, Any], inputs) -> int:
+        prompt_len = inputs["input_ids"].shape[1]
+        if self.max_prompt_tokens is not None and prompt_len > self.max_prompt_tokens:
+            raise PromptTooLong(
+                f"prompt {prompt['id']!r}: {prompt_len} tokens > max_prompt_tokens={self.max_prompt_tokens}"
+            )
+        return prompt_len
 
     def _warpers(self, params: SamplingParams) -> LogitsProcessorList:
         # Same warpers, same order as `generate` builds them for these settings.
@@ -154,8 +168,21 @@ class HFSampler:
             warpers.append(TopPLogitsWarper(top_p=params.top_p))
         return warpers
 
-    def _sample_shared_prefill(self, inputs, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-        k, prompt_len = params.num_samples, inputs["input_ids"].shape[1]
+    @torch.no_grad()
+    def greedy(self, prompts: Sequence[Mapping[str, Any]], max_new_tokens: int) -> list[Candidates]:
+        """The greedy answer to each prompt (argmax at every step, as `generate(do_sample=False)`): per prompt one
+        prefill and one decode row."""
+        argmax = lambda seqs, logits: logits.argmax(dim=-1)  # noqa: E731
+        answers = []
+        for prompt in prompts:
+            inputs = self.encode(prompt)
+            self._check_length(prompt, inputs)
+            answers.append(self._decode(self._decode_shared_prefill(inputs, 1, max_new_tokens, argmax)))
+        return answers
+
+    def _decode_shared_prefill(self, inputs, k: int, max_new_tokens: int, choose) -> torch.Tensor:
+        """Prefill once, repeat the cache `k` ways, decode `k` rows; `choose(seqs, logits)` picks each next token."""
+        prompt_len = inputs["input_ids"].shape[1]
         position_ids, next_pos = prompt_rope_positions(self.model.model, inputs)
         delta = int(next_pos[0]) - prompt_len  # one unpadded prompt: what images shift text positions by
         cache = DynamicCache(config=self.model.config)
@@ -163,17 +190,15 @@ class HFSampler:
         cache.batch_repeat_interleave(k)  # [1, heads, L, d] -> [K, heads, L, d]
         logits = out.logits[:, -1].float().expand(k, -1)
         seqs = inputs["input_ids"].expand(k, -1)  # what the warpers see, as in generate()
-        warpers = self._warpers(params)
         unfinished = torch.ones(k, dtype=torch.long, device=self.device)
         new_tokens = []
-        for step in range(params.max_new_tokens):
-            probs = torch.softmax(warpers(seqs, logits), dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        for step in range(max_new_tokens):
+            nxt = choose(seqs, logits)
             nxt = nxt * unfinished + self.pad_id * (1 - unfinished)
             new_tokens.append(nxt)
             seqs = torch.cat([seqs, nxt[:, None]], dim=1)
             unfinished = unfinished & ~torch.isin(nxt, self.eos_ids)
-            if not unfinished.any() or step == params.max_new_tokens - 1:
+            if not unfinished.any() or step == max_new_tokens - 1:
                 break
             pos = torch.full((3, k, 1), prompt_len + step + delta, dtype=torch.long, device=self.device)
             out = self.model(input_ids=nxt[:, None], position_ids=pos, cache=cache, use_cache=True)
@@ -207,15 +232,27 @@ class VLLMSampler:
     def sample(self, prompt: Mapping[str, Any], params: SamplingParams, seed: int) -> Candidates:
         from vllm import SamplingParams as VLLMParams
 
-        text = self.processor.apply_chat_template(prompt["prompt"], add_generation_prompt=True, tokenize=False)
-        request: dict[str, Any] = {"prompt": text}
-        if prompt.get("images"):
-            request["multi_modal_data"] = {"image": [load_image(im) for im in prompt["images"]]}
         vparams = VLLMParams(n=params.num_samples, temperature=params.temperature, top_p=params.top_p,
                              top_k=params.top_k or -1, max_tokens=params.max_new_tokens, repetition_penalty=1.0,
                              seed=seed)  # fmt: skip
-        outputs = self.llm.generate([request], vparams, use_tqdm=False)[0].outputs
-        return Candidates([o.text.strip() for o in outputs], [len(o.token_ids) for o in outputs])
+        return self._generate([prompt], vparams)[0]
+
+    def greedy(self, prompts: Sequence[Mapping[str, Any]], max_new_tokens: int) -> list[Candidates]:
+        """The greedy answer to each prompt (temperature 0), all prompts in one `generate` call (vLLM batches them)."""
+        from vllm import SamplingParams as VLLMParams
+
+        return self._generate(prompts, VLLMParams(n=1, temperature=0.0, max_tokens=max_new_tokens))
+
+    def _generate(self, prompts: Sequence[Mapping[str, Any]], vparams) -> list[Candidates]:
+        requests = []
+        for prompt in prompts:
+            text = self.processor.apply_chat_template(prompt["prompt"], add_generation_prompt=True, tokenize=False)
+            request: dict[str, Any] = {"prompt": text}
+            if prompt.get("images"):
+                request["multi_modal_data"] = {"image": [load_image(im) for im in prompt["images"]]}
+            requests.append(request)
+        results = self.llm.generate(requests, vparams, use_tqdm=False)
+        return [Candidates([o.text.strip() for o in r.outputs], [len(o.token_ids) for o in r.outputs]) for r in results]
 
 
 def make_sampler(backend: str, model_path: str, dtype: str, device: str, min_pixels: int | None,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from common.config_checks import model_path_problems, output_dir_problems, raise_problems
+from policy_eval.rounds_hook import config_problems
 
 PROMPT_SCHEDULES = ("fresh", "same")
 REFERENCES = ("round_start", "initial")
@@ -84,6 +85,16 @@ class RoundsConfig:
         default=3, metadata={"help": "A response repeating a word n-gram of this size counts as degenerate."}
     )
     device: str = field(default="auto", metadata={"help": "Device of the evaluation: cpu, cuda or auto."})
+    eval_benchmarks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Policy benchmarks after every round, NAME=PATH (recipes/eval_policy.py's --data), e.g. "
+                  "['mathvista_testmini=data/MathVista']; greedy answers of eval_max_new_tokens tokens."},
+    )  # fmt: skip
+    eval_command: str | None = field(
+        default=None,
+        metadata={"help": "External evaluator run after every round: a command template with {policy} and "
+                  "{output_dir} whose JSON results go into the round report (e.g. an lmms-eval command line)."},
+    )  # fmt: skip
     # > running
     output_dir: str = field(default=None, metadata={"help": "The run folder (resumed when rerun)."})
     launcher: str = field(
@@ -133,4 +144,5 @@ class RoundsConfig:
         for name in ("build_pairs_args", "mpo_args"):
             for flag in set(getattr(self, name)) & owned:
                 problems.append(f"{name}: {flag} is set by the loop per round; use the rounds config instead")
+        problems += config_problems(self.eval_benchmarks, self.eval_command)
         raise_problems("RoundsConfig", problems)

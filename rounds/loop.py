@@ -49,6 +49,7 @@ from data_builders.report import merge_stats
 from data_builders.sources import read_prompts
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
+from policy_eval.rounds_hook import figures_line, policy_figures
 from rounds.config import RoundsConfig
 from rounds.evaluation import evaluate_round
 from rounds.guards import best_round, hacking_alarm, length_bias, mpo_health
@@ -204,6 +205,10 @@ class Rounds:
                 heldout = heldout or load(cfg.heldout_reward_model_name_or_path)
         metrics = evaluate_round(policy, prompts, scorer, heldout, cfg.eval_max_new_tokens, cfg.eval_batch_size,
                                  self.device, cfg.degenerate_ngram)  # fmt: skip
+        metrics.update(policy_figures(policy, self.round_dir(r), cfg.eval_benchmarks, cfg.eval_command,
+                                      cfg.eval_max_new_tokens, self.device))  # fmt: skip
+        if cfg.eval_benchmarks or cfg.eval_command:
+            self.log(f"round {r}: held-out correct {metrics.get('accuracy')}; {figures_line(metrics)}")
         if r == 0:
             write_text_atomic(path, json.dumps({"round": 0, "policy": policy, "eval": metrics}, indent=2))
         else:

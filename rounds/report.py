@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.io import write_text_atomic
 from common.tracking import pyplot, save_figure
+from policy_eval.rounds_hook import report_lines
 
 LOSSES = ("loss", "loss/dpo", "loss/bco", "loss/sft")
 PLOTS = ("metrics", "pair_rewards", "mpo_losses")
@@ -47,7 +48,8 @@ def write_report(out: Path, records: dict[int, dict], result: dict | None = None
         stop = result["stopped"]
         lines += ["", f"Result: round {result['best_round']}'s policy, `{result['policy']}`"
                   + (f" (the loop stopped after round {stop['round']}: {stop['reason']})." if stop else ".")]  # fmt: skip
-    lines += ["", "![metrics](rounds_metrics.png)", "![pair rewards](rounds_pair_rewards.png)",
+    lines += ["", *report_lines(records)]
+    lines += ["![metrics](rounds_metrics.png)", "![pair rewards](rounds_pair_rewards.png)",
               "![MPO losses](rounds_mpo_losses.png)"]  # fmt: skip
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     _plots(out, records)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.schema import RecordError, check_record_image
+from common.schema import check_record_image
 from common.scoring import ScoringGroup
 
 
@@ -22,16 +22,6 @@ class BenchmarkExample:
 
     group: ScoringGroup
     row: dict[str, Any]
-
-
-def get_field(row: Mapping, field: str, ref: str, kind: type | tuple = str) -> Any:
-    """`row[field]`, which must be present, of type `kind`, and (a string) not blank."""
-    value = row.get(field)
-    if value is None or (isinstance(value, str) and not value.strip() and kind is str):
-        raise RecordError(ref, field, "missing or empty")
-    if not isinstance(value, kind):
-        raise RecordError(ref, field, f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
-    return value
 
 
 def user_turn(text: str, n_images: int) -> list[dict]:

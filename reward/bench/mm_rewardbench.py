@@ -11,9 +11,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from common.schema import RecordError
+from common.schema import RecordError, get_field
 from common.scoring import ScoringGroup
-from reward.bench.base import BenchmarkExample, accuracy, get_field, pair_scores, row_images, user_turn
+from reward.bench.base import BenchmarkExample, accuracy, pair_scores, row_images, user_turn
 
 REFERENCE_ROWS: dict[str, dict[str, float]] = {}  # no published Skywork-VL-Reward figures
 

@@ -12,8 +12,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from common.schema import get_field
 from common.scoring import ScoringGroup
-from reward.bench.base import BenchmarkExample, accuracy, finite, get_field, user_turn
+from reward.bench.base import BenchmarkExample, accuracy, finite, user_turn
 
 # allenai/reward-bench rewardbench/constants.py: SUBSET_MAPPING and EXAMPLE_COUNTS (tests/reward/test_evaluate.py
 # checks them against the official table).

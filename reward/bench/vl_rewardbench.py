@@ -12,9 +12,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from common.schema import RecordError
+from common.schema import RecordError, get_field
 from common.scoring import ScoringGroup
-from reward.bench.base import BenchmarkExample, accuracy, get_field, pair_scores, row_images, user_turn
+from reward.bench.base import BenchmarkExample, accuracy, pair_scores, row_images, user_turn
 
 GROUPS = {
     "general": ("vlfeedback", "wildvision-battle"),

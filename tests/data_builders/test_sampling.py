@@ -80,3 +80,21 @@ def test_early_stop_at_end_of_turn_matches_generate(tiny_vlm_path, prompts):
     b = baseline.sample(prompts["toy/color"], params, seed=11)
     assert a.texts == b.texts and a.num_tokens == b.num_tokens
     assert len(set(a.num_tokens)) > 1 and min(a.num_tokens) < 12
+
+
+def test_greedy_answer_equals_generate_without_sampling(tiny_vlm_path, prompts):
+    """`greedy` (one shared-prefill row, argmax) gives generate(do_sample=False)'s tokens, stops included."""
+    sampler = HFSampler(str(tiny_vlm_path), device="cpu")
+    eos = list(range(0, 500, 7))  # so that some answers stop before the limit
+    sampler.model.generation_config.eos_token_id = eos
+    sampler.eos_ids = torch.tensor(eos)
+    lengths = set()
+    for prompt in list(prompts.values())[:3]:
+        inputs = sampler.encode(prompt)
+        out = sampler.model.generate(**inputs, do_sample=False, max_new_tokens=10, pad_token_id=sampler.pad_id,
+                                     repetition_penalty=1.0)  # fmt: skip
+        expected = sampler._decode(out[:, inputs["input_ids"].shape[1] :])
+        (got,) = sampler.greedy([prompt], max_new_tokens=10)
+        assert got.texts == expected.texts and got.num_tokens == expected.num_tokens
+        lengths.add(got.num_tokens[0])
+    assert len(got.texts) == 1 and len(lengths) > 1 and min(lengths) < 10
