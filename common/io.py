@@ -120,13 +120,10 @@ def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
     if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
         yield from _parquet_rows(_parquet_shards(path))
         return
-    ds = _load_folder(path)
-    for name, feature in ds.features.items():
-        if isinstance(feature, datasets.Image):
-            ds = ds.cast_column(name, datasets.Image(decode=False))
-        elif isinstance(feature, datasets.List | datasets.Sequence) and isinstance(feature.feature, datasets.Image):
-            ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
-    yield from ds
+    # Arrow batches as Python rows: image columns come as their stored `{"bytes", "path"}`, undecoded, and nothing is
+    # written (a `cast_column` would put a `cache-*.arrow` file into the user's folder, and fail where it is read-only)
+    for batch in _load_folder(path).with_format("arrow").iter(batch_size=256):
+        yield from batch.to_pylist()
 
 
 def _parquet_rows(paths: list[Path]) -> Iterator[dict]:
