@@ -171,7 +171,8 @@ def _check_id_and_prompt(record: Any, index: int | None) -> tuple[str, dict[str,
         raise RecordError(ref, "prompt", "missing")
     out["prompt"] = normalize_messages(record["prompt"], ref, "prompt")
     for i, message in enumerate(out["prompt"]):
-        if message["role"] == "user" and not message_text([message]).strip() and not count_image_placeholders([message]):
+        empty = not message_text([message]).strip() and not count_image_placeholders([message])
+        if empty and message["role"] == "user":
             raise RecordError(ref, f"prompt[{i}]", "the user turn is empty (no text, no image)")
     return ref, out
 
