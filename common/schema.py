@@ -23,6 +23,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from common.errors import InputError
 from common.images import ImageError, check_image
 
 ROLES = ("system", "user", "assistant")
@@ -33,7 +34,7 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|imag
 PREFERENCE_OPTIONAL_FLOATS = ("margin", "chosen_score", "rejected_score")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record is malformed. The message names the record and the field."""
 
     def __init__(self, record_ref: str, field: str, problem: str, detail: str | None = None):

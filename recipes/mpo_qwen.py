@@ -20,7 +20,7 @@ true`). `--eval_reward_model PATH` adds the mean reward of the policy's greedy a
 import dataclasses
 from dataclasses import field
 
-from common.cli import parse_configs
+from common.cli import parse_configs, run_recipe
 from common.distributed import init_distributed_early, print0
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
@@ -51,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config_checks import output_dir_problems
+from common.errors import ConfigError, InputError
 from common.tracking import pyplot, save_figure, wandb_run
 from reward.bench import METRICS, REFERENCE_ROWS, read_benchmark, scored_row
 from reward.scorer import ScorerConfig
@@ -60,7 +61,7 @@ class EvalConfig:
         if self.limit is not None and self.limit < 1:
             problems.append(f"--limit {self.limit}: must be >= 1")
         if problems:
-            raise ValueError("invalid evaluation config:\n  " + "\n  ".join(problems))
+            raise ConfigError("invalid evaluation config:\n  " + "\n  ".join(problems))
 
 
 def _headline(metrics: Mapping[str, Any]) -> dict[str, float | None]:
@@ -124,7 +125,7 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
         cfg.benchmark, cfg.data_path, limit=cfg.limit, on_bad_record=cfg.on_bad_record, skipped=skipped
     )
     if not examples:
-        raise ValueError(f"{cfg.data_path}: no example left to score (skipped: {skipped.to_dict()})")
+        raise InputError(f"{cfg.data_path}: no example left to score (skipped: {skipped.to_dict()})")
     options = {k: v for k, v in dataclasses.asdict(scorer_cfg).items() if k != "model_name_or_path"}
     scorer = RewardScorer.from_pretrained(scorer_cfg.model_name_or_path, **options)
     start = time.perf_counter()

@@ -31,6 +31,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrai
 from transformers.utils import logging as hf_logging
 
 from common.distributed import zero3_gathered
+from common.errors import InputError, InputNotFound
 from common.processor import load_processor
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def load_reward_model(
         hf_logging.set_verbosity(verbosity)
     missing_backbone = sorted(k for k in info["missing_keys"] if not k.startswith("v_head."))
     if missing_backbone:
-        raise ValueError(
+        raise InputError(
             f"{path}: {len(missing_backbone)} backbone weight(s) missing from the checkpoint, e.g. "
             f"{missing_backbone[:3]}; they would stay randomly initialised. Is it a Qwen2-VL / Qwen2.5-VL checkpoint?"
         )
@@ -245,7 +246,7 @@ def load_reward_model(
         model.load_value_head(load_file(head_file), source=head_file)
     elif any(k.startswith("v_head.") for k in info["missing_keys"]):  # a base VLM (a Trainer checkpoint has the head)
         if not new_head_ok:
-            raise FileNotFoundError(
+            raise InputNotFound(
                 f"{path} has no {VALUE_HEAD_FILE}: it is not a reward model (a base VLM would be scored by a random "
                 "head). Train one with recipes/train_reward.py, or point to a folder that has the file."
             )
