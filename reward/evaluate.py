@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config_checks import output_dir_problems
+from common.config_checks import output_dir_problems, raise_problems
 from common.errors import ConfigError, InputError
 from common.tracking import pyplot, save_figure, wandb_run
 from reward.bench import METRICS, REFERENCE_ROWS, read_benchmark, scored_row
@@ -116,16 +116,18 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
     cfg.validate()
     from common.cli import write_run_meta
     from common.io import SkipLog
+    from reward.model import value_head_problems
     from reward.scorer import RewardScorer
 
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = SkipLog()
+    raise_problems("evaluation config", value_head_problems(scorer_cfg.model_name_or_path, "--model"))
+    skipped = SkipLog()  # the data is read and checked before the output folder is made and the model loads
     examples = read_benchmark(
         cfg.benchmark, cfg.data_path, limit=cfg.limit, on_bad_record=cfg.on_bad_record, skipped=skipped
     )
     if not examples:
         raise InputError(f"{cfg.data_path}: no example left to score (skipped: {skipped.to_dict()})")
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     options = {k: v for k, v in dataclasses.asdict(scorer_cfg).items() if k != "model_name_or_path"}
     scorer = RewardScorer.from_pretrained(scorer_cfg.model_name_or_path, **options)
     start = time.perf_counter()

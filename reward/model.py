@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, Qwen2_5_VLModel, Qwen2VLModel
@@ -189,6 +190,33 @@ def is_reward_checkpoint(path: str | Path) -> bool:
     return (Path(path) / VALUE_HEAD_FILE).is_file()
 
 
+def _no_value_head(path: str | Path) -> str:
+    return (f"{path} has no {VALUE_HEAD_FILE}: it is not a reward model (a base VLM would be scored by a random head). "
+            "Train one with recipes/train_reward.py, or point to a folder that has the file.")  # fmt: skip
+
+
+def _weight_names(folder: Path) -> list[str]:
+    """The tensor names of a local checkpoint's safetensors, from the index or the file header (nothing loaded)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text()).get("weight_map", {}))
+    if (folder / "model.safetensors").is_file():
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            return list(f.keys())
+    return []
+
+
+def value_head_problems(path: str | None, name: str) -> list[str]:
+    """`[problem]` when the local folder `path` has no value head (neither `value_head.safetensors` nor `v_head.*`
+    weights, as a Trainer checkpoint has): the check a job runs before claiming its folder or loading a model. A hub
+    id or a missing path passes here (`common.config_checks.model_path_problems` covers the latter)."""
+    if not path or not Path(path).is_dir() or is_reward_checkpoint(path):
+        return []
+    if any(k.startswith("v_head.") for k in _weight_names(Path(path))):
+        return []
+    return [f"{name}: {_no_value_head(path)}"]
+
+
 def value_head_file(path: str | Path) -> str | None:
     """`value_head.safetensors` of a local folder, or of a hub repo (downloaded) when `path` is a hub id."""
     if Path(path).exists() or Path(path).is_absolute() or str(path).count("/") > 1:
@@ -246,10 +274,7 @@ def load_reward_model(
         model.load_value_head(load_file(head_file), source=head_file)
     elif any(k.startswith("v_head.") for k in info["missing_keys"]):  # a base VLM (a Trainer checkpoint has the head)
         if not new_head_ok:
-            raise InputNotFound(
-                f"{path} has no {VALUE_HEAD_FILE}: it is not a reward model (a base VLM would be scored by a random "
-                "head). Train one with recipes/train_reward.py, or point to a folder that has the file."
-            )
+            raise InputNotFound(_no_value_head(path))
         logger.warning(f"{path} has no {VALUE_HEAD_FILE}: starting a new value head (seed {head_seed})")
         model.reset_value_head(head_seed)
     model.to(device).eval()

@@ -37,6 +37,7 @@ import datasets
 import torch
 
 from common.cli import parse_configs
+from common.config_checks import raise_problems
 from common.correctness import correctness
 from common.distributed import free_port
 from common.io import SkipLog, write_records, write_text_atomic
@@ -49,6 +50,7 @@ from data_builders.report import merge_stats
 from data_builders.sources import read_prompts
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
+from reward.model import value_head_problems
 from rounds.config import RoundsConfig
 from rounds.evaluation import evaluate_round
 from rounds.guards import best_round, hacking_alarm, length_bias, mpo_health
@@ -86,6 +88,11 @@ class Rounds:
 
     def __init__(self, cfg: RoundsConfig, scorer: Scorer | None = None, heldout_scorer: Scorer | None = None):
         cfg.validate()
+        problems = [] if scorer is not None or cfg.reward_url else value_head_problems(
+            cfg.reward_model_name_or_path, "reward_model_name_or_path")  # fmt: skip
+        if heldout_scorer is None:
+            problems += value_head_problems(cfg.heldout_reward_model_name_or_path, "heldout_reward_model_name_or_path")
+        raise_problems("RoundsConfig", problems)  # before the folder is claimed and any model loads
         if cfg.launcher and (scorer is not None or heldout_scorer is not None):
             raise ValueError("ready-made scorers need the stages in this process: leave launcher empty")
         self.cfg, self.out = cfg, Path(cfg.output_dir)
@@ -283,10 +290,10 @@ class Rounds:
         torch.manual_seed(cfg.seed)
         inputs = {name: _config_path(v) if name.endswith("_config") and v else v
                   for name in INPUTS for v in [getattr(cfg, name)]}  # fmt: skip
+        pool = read_prompts(cfg.prompts, skipped=SkipLog())  # read and checked before the folder is claimed
+        eval_prompts = list(read_prompts(cfg.eval_prompts, skipped=SkipLog()))
         claim_output_dir(self.out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
         self.log(f"rounds run in {self.out} ({cfg.num_rounds} rounds)")
-        pool = read_prompts(cfg.prompts, skipped=SkipLog())
-        eval_prompts = list(read_prompts(cfg.eval_prompts, skipped=SkipLog()))
         self.round_dir(0).mkdir(parents=True, exist_ok=True)
         records = {0: {"round": 0, "policy": cfg.policy_name_or_path,
                        "eval": self._eval(0, cfg.policy_name_or_path, eval_prompts)}}  # fmt: skip
