@@ -13,7 +13,10 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name", as `huggingf
 
 
 def raise_problems(title: str, problems: list[str]) -> None:
-    """Raise one `ConfigError` (a `ValueError`) listing every problem, or nothing when the list is empty."""
+    """Raise one `ConfigError` (a `ValueError`) listing every problem (one line when there is one), or nothing when
+    the list is empty."""
+    if len(problems) == 1:
+        raise ConfigError(f"invalid {title}: {problems[0]}")
     if problems:
         raise ConfigError(f"invalid {title}:\n  " + "\n  ".join(problems))
 

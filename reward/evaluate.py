@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config_checks import output_dir_problems, raise_problems
-from common.errors import ConfigError, InputError
+from common.errors import InputError
 from common.tracking import pyplot, save_figure, wandb_run
 from reward.bench import METRICS, REFERENCE_ROWS, read_benchmark, scored_row
 from reward.scorer import ScorerConfig
@@ -60,8 +60,7 @@ class EvalConfig:
             problems.append(f"--on_bad_record {self.on_bad_record!r}: choose raise or skip")
         if self.limit is not None and self.limit < 1:
             problems.append(f"--limit {self.limit}: must be >= 1")
-        if problems:
-            raise ConfigError("invalid evaluation config:\n  " + "\n  ".join(problems))
+        raise_problems("evaluation config", problems)
 
 
 def _headline(metrics: Mapping[str, Any]) -> dict[str, float | None]:
