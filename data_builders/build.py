@@ -34,7 +34,6 @@ import datasets
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
-from common.config_checks import raise_problems
 from common.correctness import correctness
 from common.distributed import barrier, rank_and_world, resolve_device, shard
 from common.images import ImageError
@@ -50,7 +49,7 @@ from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_st
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed
 from data_builders.scoring import make_remote_scorer, make_scorer
 from data_builders.sources import read_prompts
-from reward.model import value_head_problems
+from reward.model import check_value_head
 
 SAMPLING_FAILED = "sampling failed"
 PROMPT_TOO_LONG = "prompt longer than max_prompt_tokens"
@@ -196,9 +195,7 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
     """
     cfg.validate()
     if scorer is None and not cfg.reward_url:  # a local reward model: its value head is checked before anything
-        raise_problems(
-            "BuildPairsConfig", value_head_problems(cfg.reward_model_name_or_path, "reward_model_name_or_path")
-        )
+        check_value_head(cfg.reward_model_name_or_path, "reward_model_name_or_path")
     rank, world = rank_and_world()
     read_skips = SkipLog()  # the prompts are read and checked before the folder is claimed and any model loads
     prompts = read_prompts(cfg.prompts, cfg.prompt_format, cfg.image_root, read_skips, cfg.on_bad_record,

@@ -21,11 +21,10 @@ import dataclasses
 from dataclasses import field
 
 from common.cli import parse_configs, run_recipe
-from common.config_checks import raise_problems
 from common.distributed import init_distributed_early, print0
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
-from reward.model import value_head_problems
+from reward.model import check_value_head
 from reward.scorer import RewardScorer
 
 
@@ -48,7 +47,7 @@ def main() -> None:
     init_distributed_early()  # before any from_pretrained: ZeRO-3's zero.Init must see every rank
     cfg, args = parse_configs([MPOConfig, EvalRewardArgs])
     path = args.eval_reward_model
-    raise_problems("MPO config", value_head_problems(path, "eval_reward_model"))
+    check_value_head(path, "eval_reward_model")
     out = train_mpo(cfg, load_scorer=(lambda: reward_scorer(path, cfg)) if path else None)  # loaded after the checks
     print0(f"MPO model saved to {out}")
 

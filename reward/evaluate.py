@@ -115,10 +115,10 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
     cfg.validate()
     from common.cli import write_run_meta
     from common.io import SkipLog
-    from reward.model import value_head_problems
+    from reward.model import check_value_head
     from reward.scorer import RewardScorer
 
-    raise_problems("evaluation config", value_head_problems(scorer_cfg.model_name_or_path, "--model"))
+    check_value_head(scorer_cfg.model_name_or_path, "--model")
     skipped = SkipLog()  # the data is read and checked before the output folder is made and the model loads
     examples = read_benchmark(
         cfg.benchmark, cfg.data_path, limit=cfg.limit, on_bad_record=cfg.on_bad_record, skipped=skipped

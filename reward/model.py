@@ -206,15 +206,15 @@ def _weight_names(folder: Path) -> list[str]:
     return []
 
 
-def value_head_problems(path: str | None, name: str) -> list[str]:
-    """`[problem]` when the local folder `path` has no value head (neither `value_head.safetensors` nor `v_head.*`
-    weights, as a Trainer checkpoint has): the check a job runs before claiming its folder or loading a model. A hub
-    id or a missing path passes here (`common.config_checks.model_path_problems` covers the latter)."""
+def check_value_head(path: str | None, name: str) -> None:
+    """Raise `InputNotFound` when the local folder `path` (the option `name`) has no value head: neither
+    `value_head.safetensors` nor `v_head.*` weights (as a Trainer checkpoint has). Read from file names and headers, no
+    weights loaded: the check a job runs before claiming its folder or loading a model. A hub id or a missing path
+    passes here (`common.config_checks.model_path_problems` covers the latter)."""
     if not path or not Path(path).is_dir() or is_reward_checkpoint(path):
-        return []
-    if any(k.startswith("v_head.") for k in _weight_names(Path(path))):
-        return []
-    return [f"{name}: {_no_value_head(path)}"]
+        return
+    if not any(k.startswith("v_head.") for k in _weight_names(Path(path))):
+        raise InputNotFound(f"{name}: {_no_value_head(path)}")
 
 
 def value_head_file(path: str | Path) -> str | None:

@@ -37,7 +37,6 @@ import datasets
 import torch
 
 from common.cli import parse_configs
-from common.config_checks import raise_problems
 from common.correctness import correctness
 from common.distributed import free_port
 from common.io import SkipLog, write_records, write_text_atomic
@@ -50,7 +49,7 @@ from data_builders.report import merge_stats
 from data_builders.sources import read_prompts
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
-from reward.model import value_head_problems
+from reward.model import check_value_head
 from rounds.config import RoundsConfig
 from rounds.evaluation import evaluate_round
 from rounds.guards import best_round, hacking_alarm, length_bias, mpo_health
@@ -88,11 +87,10 @@ class Rounds:
 
     def __init__(self, cfg: RoundsConfig, scorer: Scorer | None = None, heldout_scorer: Scorer | None = None):
         cfg.validate()
-        problems = [] if scorer is not None or cfg.reward_url else value_head_problems(
-            cfg.reward_model_name_or_path, "reward_model_name_or_path")  # fmt: skip
+        if scorer is None and not cfg.reward_url:  # value heads: checked before the folder is claimed
+            check_value_head(cfg.reward_model_name_or_path, "reward_model_name_or_path")
         if heldout_scorer is None:
-            problems += value_head_problems(cfg.heldout_reward_model_name_or_path, "heldout_reward_model_name_or_path")
-        raise_problems("RoundsConfig", problems)  # before the folder is claimed and any model loads
+            check_value_head(cfg.heldout_reward_model_name_or_path, "heldout_reward_model_name_or_path")
         if cfg.launcher and (scorer is not None or heldout_scorer is not None):
             raise ValueError("ready-made scorers need the stages in this process: leave launcher empty")
         self.cfg, self.out = cfg, Path(cfg.output_dir)

@@ -210,7 +210,7 @@ def test_build_pairs_checks_the_value_head_before_claiming(monkeypatch, tmp_path
     cfg = BuildPairsConfig(prompts=str(toy_data["prompts_train"]), policy_name_or_path=str(tiny_vlm_path),
                            reward_model_name_or_path=str(reward_model), output_dir=str(out), device="cpu",
                            progress=False)  # fmt: skip
-    with pytest.raises(ConfigError, match="reward_model_name_or_path: .* has no value_head.safetensors"):
+    with pytest.raises(FileNotFoundError, match="reward_model_name_or_path: .* has no value_head.safetensors"):
         data_builders.build.build_pairs(cfg)
     assert not out.exists()
     shutil.copy(tiny_reward_path / "value_head.safetensors", reward_model)  # the user adds the head

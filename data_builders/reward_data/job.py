@@ -37,7 +37,6 @@ import yaml
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
-from common.config_checks import raise_problems
 from common.distributed import resolve_device
 from common.io import check_row_parsed, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
@@ -51,7 +50,7 @@ from data_builders.reward_data.filtering import SurrogateFilter, ambiguous_reaso
 from data_builders.reward_data.mixing import plan_stage
 from data_builders.reward_data.readers import iter_source_rows
 from data_builders.reward_data.report import add_chunk_stats, log_to_wandb, new_total, write_report
-from reward.model import value_head_problems
+from reward.model import check_value_head
 
 STEPS = ("read", "validate", "ambiguous", "images", "decontaminate", "exact_dedup", "near_dedup", "surrogate")
 _MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(
@@ -259,9 +258,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
     """
     cfg.validate()
     if scorer is None:  # a local surrogate reward model: its value head is checked before the folder is claimed
-        raise_problems(
-            "RewardDataConfig", value_head_problems(cfg.reward_model_name_or_path, "reward_model_name_or_path")
-        )
+        check_value_head(cfg.reward_model_name_or_path, "reward_model_name_or_path")
     if not cfg.progress:
         datasets.disable_progress_bars()
     sources, stages, bench_specs, _ = cfg.specs()
