@@ -41,7 +41,7 @@ def _one_error_line(proc: subprocess.CompletedProcess, exit_code: int, alone: bo
     return lines[-1].removeprefix("error: ")
 
 
-def _with_empty_prompt(records: list[dict], kind: str = "preference") -> list[dict]:
+def _with_empty_prompt(records: list[dict]) -> list[dict]:
     """`records` with a second record whose one user turn is "" and that has no image."""
     bad = {**records[0], "id": "empty-prompt", "prompt": [{"role": "user", "content": [{"type": "text", "text": ""}]}],
            "images": []}  # fmt: skip
