@@ -226,3 +226,22 @@ def test_build_pairs_checks_the_value_head_before_claiming(monkeypatch, tmp_path
     skipped = SkipLog()
     assert len(read_prompts(prompts_with_empty_one, skipped=skipped)) == 4
     assert dict(skipped.counts) == {f"prompt: {EMPTY_TURN}": 1}
+
+
+def test_rounds_check_the_reward_models_before_claiming(tmp_path, tiny_vlm_path, tiny_reward_path, toy_data):
+    from rounds.config import RoundsConfig
+    from rounds.loop import run_rounds
+
+    mpo_yaml = tmp_path / "mpo.yaml"
+    mpo_yaml.write_text("use_cpu: true\nbf16: false\nreport_to: none\n")
+    out = tmp_path / "rounds"
+    head_less = _head_less_copy(tiny_reward_path, tmp_path)
+    common = dict(policy_name_or_path=str(tiny_vlm_path), prompts=str(toy_data["prompts_train"]),
+                  eval_prompts=str(toy_data["prompts_eval"]), mpo_config=str(mpo_yaml), output_dir=str(out),
+                  build_pairs_config=str(REPO / "recipes/configs/build_pairs_tiny.yaml"), device="cpu")  # fmt: skip
+    for models in ({"reward_model_name_or_path": str(head_less)},
+                   {"reward_model_name_or_path": str(tiny_reward_path),
+                    "heldout_reward_model_name_or_path": str(head_less)}):  # fmt: skip
+        with pytest.raises(FileNotFoundError, match=r"reward_model_name_or_path: .* has no value_head\.safetensors"):
+            run_rounds(RoundsConfig(**common, **models))
+        assert not out.exists()
