@@ -245,3 +245,13 @@ def test_rounds_check_the_reward_models_before_claiming(tmp_path, tiny_vlm_path,
         with pytest.raises(FileNotFoundError, match=r"reward_model_name_or_path: .* has no value_head\.safetensors"):
             run_rounds(RoundsConfig(**common, **models))
         assert not out.exists()
+
+
+def test_the_server_checks_the_value_head_before_loading(monkeypatch, tmp_path, tiny_reward_path):
+    import reward.scorer
+    from reward.serving.app import ServeConfig, serve
+
+    monkeypatch.setattr(reward.scorer.RewardScorer, "from_pretrained", _no_model_load)
+    with pytest.raises(FileNotFoundError, match=r"--model: .* has no value_head\.safetensors"):
+        serve(ServeConfig(), reward.scorer.ScorerConfig(model_name_or_path=str(_head_less_copy(tiny_reward_path,
+                                                                                               tmp_path))))  # fmt: skip
