@@ -32,12 +32,13 @@ from transformers.core_model_loading import revert_weight_conversion
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from common.distributed import is_main_process, print0
+from common.errors import ExpectedError
 
 COMPLETE_FILE = "checkpoint_complete.json"
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(ExpectedError, RuntimeError):
     """Writing a checkpoint failed (often a full disk); the message names the folder and the free space."""
 
 

@@ -7,13 +7,18 @@ import os
 import re
 from pathlib import Path
 
+from common.errors import ConfigError
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name", as `huggingface_hub` accepts repo ids
 
 
 def raise_problems(title: str, problems: list[str]) -> None:
-    """Raise one `ValueError` listing every problem, or nothing when the list is empty."""
+    """Raise one `ConfigError` (a `ValueError`) listing every problem (one line when there is one), or nothing when
+    the list is empty."""
+    if len(problems) == 1:
+        raise ConfigError(f"invalid {title}: {problems[0]}")
     if problems:
-        raise ValueError(f"invalid {title}:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"invalid {title}:\n  " + "\n  ".join(problems))
 
 
 def hub_offline() -> bool:

@@ -24,6 +24,8 @@ from typing import Any
 
 from PIL import Image
 
+from common.errors import InputError
+
 MAX_IMAGE_PIXELS = int(os.environ.get("VLRM_MAX_IMAGE_PIXELS", 100_000_000))
 # Images that pass our check are decoded elsewhere too (`datasets.Image`): PIL must not refuse what we accepted.
 Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_IMAGE_PIXELS)
@@ -35,7 +37,7 @@ TOO_MANY_PIXELS = "image has too many pixels"
 BAD_ASPECT_RATIO = f"image aspect ratio over {MAX_ASPECT_RATIO}"
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image that cannot be used; `problem` is one of the classes in the module docstring."""
 
     def __init__(self, problem: str, detail: str):

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import Dataset
 
+from common.errors import InputError, InputNotFound
 from common.images import image_bytes
 from common.schema import RecordError, validate_preference_record, validate_prompt_record
 
@@ -121,13 +122,10 @@ def iter_raw_rows(path: str | os.PathLike) -> Iterator[dict]:
     if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
         yield from _parquet_rows(_parquet_shards(path))
         return
-    ds = _load_folder(path)
-    for name, feature in ds.features.items():
-        if isinstance(feature, datasets.Image):
-            ds = ds.cast_column(name, datasets.Image(decode=False))
-        elif isinstance(feature, datasets.List | datasets.Sequence) and isinstance(feature.feature, datasets.Image):
-            ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
-    yield from ds
+    # Arrow batches as Python rows: image columns come as their stored `{"bytes", "path"}`, undecoded, and nothing is
+    # written (a `cast_column` would put a `cache-*.arrow` file into the user's folder, and fail where it is read-only)
+    for batch in _load_folder(path).with_format("arrow").iter(batch_size=256):
+        yield from batch.to_pylist()
 
 
 def _parquet_rows(paths: list[Path]) -> Iterator[dict]:
@@ -142,11 +140,11 @@ def _parquet_shards(path: Path) -> list[Path]:
     """The Parquet files of a folder holding one split's shards (a hub snapshot's `data/`)."""
     shards = sorted(path.rglob("*.parquet"))
     if not shards:
-        raise FileNotFoundError(f"{path}: neither a datasets folder nor a folder of .parquet files")
+        raise InputNotFound(f"{path}: neither a datasets folder nor a folder of .parquet files")
     # hub shards are named <split>-00000-of-00001.parquet; never mix splits (RewardBench ships `raw` too)
     splits = sorted({re.sub(r"-\d{5}-of-\d{5}$", "", s.stem) for s in shards})
     if len(splits) > 1 and all(re.search(r"-\d{5}-of-\d{5}$", s.stem) for s in shards):
-        raise ValueError(f"{path}: shards of several splits {splits}; point at one split's file")
+        raise InputError(f"{path}: shards of several splits {splits}; point at one split's file")
     return shards
 
 
@@ -156,7 +154,7 @@ def _load_folder(path: Path) -> Dataset:
     if isinstance(ds, datasets.DatasetDict):
         split = next((s for s in ("test", "filtered", "train") if s in ds), None)
         if split is None and len(ds) != 1:
-            raise ValueError(f"{path}: several splits {sorted(ds)}; point at one of them")
+            raise InputError(f"{path}: several splits {sorted(ds)}; point at one of them")
         ds = ds[split or next(iter(ds))]
     return ds
 
@@ -187,7 +185,7 @@ def read_records(
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such dataset: {path}")
+        raise InputNotFound(f"no such dataset: {path}")
     if on_bad_record == "skip" and skipped is None:
         raise ValueError("on_bad_record='skip' needs a SkipLog to count the skipped records")
     records = validate_rows(iter_raw_rows(path), VALIDATORS[kind], str(path), on_bad_record, skipped, str(path.parent))

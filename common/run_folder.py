@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common.distributed import barrier, is_main_process
+from common.errors import UsageError
 from common.io import write_text_atomic
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -58,7 +59,7 @@ TRAINING_ARGUMENTS_NOT_AFFECTING_RESULTS = (
 _HASHES: dict[tuple[str, int, int], str] = {}  # (real path, size, mtime_ns) -> sha256 of the file's bytes
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UsageError, ValueError):
     """`output_dir` holds another run (or something else); the message names what differs."""
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.correctness import check_judge
+from common.errors import InputError
 from common.images import ImageError, check_image
 
 ROLES = ("system", "user", "assistant")
@@ -35,7 +36,7 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|imag
 PREFERENCE_OPTIONAL_FLOATS = ("margin", "chosen_score", "rejected_score")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record is malformed. The message names the record and the field."""
 
     def __init__(self, record_ref: str, field: str, problem: str, detail: str | None = None):
@@ -182,6 +183,10 @@ def _check_id_and_prompt(record: Any, index: int | None) -> tuple[str, dict[str,
     if "prompt" not in record:
         raise RecordError(ref, "prompt", "missing")
     out["prompt"] = normalize_messages(record["prompt"], ref, "prompt")
+    for i, message in enumerate(out["prompt"]):
+        empty = not message_text([message]).strip() and not count_image_placeholders([message])
+        if empty and message["role"] == "user":
+            raise RecordError(ref, f"prompt[{i}]", "the user turn is empty (no text, no image)")
     return ref, out
 
 

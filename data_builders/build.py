@@ -49,6 +49,7 @@ from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_st
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed
 from data_builders.scoring import make_remote_scorer, make_scorer
 from data_builders.sources import read_prompts
+from reward.model import check_value_head
 
 SAMPLING_FAILED = "sampling failed"
 PROMPT_TOO_LONG = "prompt longer than max_prompt_tokens"
@@ -193,11 +194,13 @@ def build_pairs(cfg: BuildPairsConfig, sampler: Sampler | None = None, scorer: S
         ValueError: an invalid config, or an `output_dir` that holds a different build.
     """
     cfg.validate()
+    if scorer is None and not cfg.reward_url:  # a local reward model: its value head is checked before anything
+        check_value_head(cfg.reward_model_name_or_path, "reward_model_name_or_path")
     rank, world = rank_and_world()
-    out = prepare_output_dir(cfg, rank)
-    read_skips = SkipLog()
+    read_skips = SkipLog()  # the prompts are read and checked before the folder is claimed and any model loads
     prompts = read_prompts(cfg.prompts, cfg.prompt_format, cfg.image_root, read_skips, cfg.on_bad_record,
                            max_prompts=cfg.max_prompts)  # fmt: skip
+    out = prepare_output_dir(cfg, rank)
     n_chunks = math.ceil(len(prompts) / cfg.chunk_size)
     mine = list(shard(n_chunks))
     todo = [c for c in mine if not _chunk_paths(out, c)[1].exists()]

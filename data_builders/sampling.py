@@ -41,6 +41,7 @@ from transformers import (
 )
 
 from common.distributed import resolve_device
+from common.errors import ConfigError
 from common.images import load_image
 from common.processor import load_processor
 from common.rope import prompt_rope_positions
@@ -67,7 +68,7 @@ class SamplingParams:
         if self.top_k < 0 or self.max_new_tokens < 1:
             problems.append(f"top_k={self.top_k} must be >= 0 and max_new_tokens={self.max_new_tokens} >= 1")
         if problems:
-            raise ValueError("invalid sampling parameters: " + "; ".join(problems))
+            raise ConfigError("invalid sampling parameters: " + "; ".join(problems))
 
 
 @dataclass

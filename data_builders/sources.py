@@ -30,6 +30,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from common.errors import ConfigError, InputNotFound
 from common.io import SkipLog, iter_raw_rows, read_records, records_to_dataset, validate_rows
 from common.record_checks import repeated_ids
 from common.schema import RecordError, record_ref, validate_prompt_record
@@ -151,9 +152,9 @@ def read_prompts(
     """
     path = Path(path)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown prompt format {fmt!r}; choose one of {FORMATS}")
+        raise ConfigError(f"unknown prompt format {fmt!r}; choose one of {FORMATS}")
     if not path.exists():
-        raise FileNotFoundError(f"no such prompt file or folder: {path}")
+        raise InputNotFound(f"no such prompt file or folder: {path}")
     skipped = skipped if skipped is not None else SkipLog()
     if fmt == "auto":
         fmt = detect_format(next(iter(iter_raw_rows(path)), {}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -95,7 +96,12 @@ def _save_final(trainer: MPOTrainer, cfg: MPOConfig, processor, dtype: torch.dty
     return out
 
 
-def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[TrainerCallback] | None = None) -> Path:
+def train_mpo(
+    cfg: MPOConfig,
+    scorer: Scorer | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    load_scorer: Callable[[], Scorer] | None = None,
+) -> Path:
     """Train a Qwen2.5-VL policy with MPO; returns the output folder (final model, processor, `run_meta.json`).
 
     Ends by tearing down the DeepSpeed engine and the process group (`common.distributed.shutdown`), so under a
@@ -104,6 +110,7 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
     Args:
         cfg: the job's config (`MPOConfig`).
         scorer: optional reward scorer for the evaluation hook (see `mpo.evaluate`).
+        load_scorer: or what loads it, called once the data is checked and the folder claimed (fail fast).
         callbacks: extra `TrainerCallback`s.
 
     Raises:
@@ -116,14 +123,7 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
     if (out / "run_meta.json").exists() and not cfg.resume_from_checkpoint and not cfg.overwrite_output_dir:
         raise ValueError(f"output_dir {out} holds a finished run; choose another, set resume_from_checkpoint, or pass "
                          "--overwrite_output_dir true to start over")  # fmt: skip
-    inputs = {"model": cfg.model_name_or_path, "reference model": cfg.ref_model_name_or_path,
-              "train_data": cfg.train_data, "eval_pairs": cfg.eval_pairs, "eval_prompts": cfg.eval_prompts}  # fmt: skip
-    same_run = claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
-    if cfg.wandb_project:
-        os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    processor = load_processor(cfg.model_name_or_path, cfg.min_pixels, cfg.max_pixels)
-
+    # fail fast: the data is read and checked before the folder is claimed and before any model loads
     skipped = SkipLog()
     dataset = read_records(cfg.train_data, "preference", on_bad_record=cfg.on_bad_record, skipped=skipped)
     if skipped.total:
@@ -132,6 +132,18 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
     flag_pairs(dataset, cfg.train_data, flagged)
     if flagged.total:
         print0(f"warning, {flagged.total} suspicious pairs kept: {dict(flagged.counts)}")
+    eval_pairs = read_records(cfg.eval_pairs) if cfg.eval_pairs else None
+    eval_prompts = read_records(cfg.eval_prompts, "prompt") if cfg.eval_prompts else None
+    inputs = {"model": cfg.model_name_or_path, "reference model": cfg.ref_model_name_or_path,
+              "train_data": cfg.train_data, "eval_pairs": cfg.eval_pairs, "eval_prompts": cfg.eval_prompts}  # fmt: skip
+    same_run = claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
+    if load_scorer is not None:
+        scorer = load_scorer()
+    if cfg.wandb_project:
+        os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    processor = load_processor(cfg.model_name_or_path, cfg.min_pixels, cfg.max_pixels)
+
     dataset, ref_report = attach_ref_logps(
         dataset,
         cfg.train_data,
@@ -143,9 +155,6 @@ def train_mpo(cfg: MPOConfig, scorer: Scorer | None = None, callbacks: list[Trai
         cfg.ref_batch_size,
     )
     print0(f"reference log-probs: {'cached' if ref_report['cached'] else 'computed'} -> {ref_report['path']}")
-
-    eval_pairs = read_records(cfg.eval_pairs) if cfg.eval_pairs else None
-    eval_prompts = read_records(cfg.eval_prompts, "prompt") if cfg.eval_prompts else None
     history = []
 
     def run_eval(step: int) -> dict:

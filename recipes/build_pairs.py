@@ -11,7 +11,7 @@ keep chosen/rejected pairs, write a `datasets` folder that `mpo/` trains on (doc
     deepspeed --num_gpus 8 recipes/build_pairs.py --config recipes/configs/build_pairs_qwen2_5_vl_7b.yaml ...
 """
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from common.distributed import init_distributed_early, print0, shutdown
 from data_builders.build import build_pairs
 from data_builders.config import BuildPairsConfig
@@ -26,4 +26,4 @@ def main(cfg: BuildPairsConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([BuildPairsConfig]))
+    run_recipe(main, [BuildPairsConfig])

@@ -11,7 +11,7 @@ Rerun the same command after a kill: finished chunks are kept and the output is 
 Then train: `recipes/train_reward.py` with the `stages:` block the job writes to `<output_dir>/stages.yaml`.
 """
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from data_builders.reward_data.config import RewardDataConfig
 from data_builders.reward_data.job import build_reward_data
 
@@ -22,4 +22,4 @@ def main(cfg: RewardDataConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([RewardDataConfig]))
+    run_recipe(main, [RewardDataConfig])

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import yaml
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from common.distributed import free_port
+from common.errors import ExpectedError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,8 @@ def _run(name: str, cmd: list[str]) -> float:
     print(f"\n=== {name}\n$ {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    subprocess.run(cmd, cwd=REPO, check=True, env=env)
+    if subprocess.run(cmd, cwd=REPO, env=env).returncode:
+        raise ExpectedError(f"stage {name!r} failed: its message is above")
     return time.perf_counter() - start
 
 
@@ -95,7 +97,7 @@ def _summary(root: Path, reward_model: Path) -> str:
 def main(cfg: DemoConfig) -> None:
     root, py = Path(cfg.root), sys.executable
     if root.exists():
-        raise SystemExit(f"{root} exists: the demo writes a fresh run; remove it or pass another --root")
+        raise UsageError(f"{root} exists: the demo writes a fresh run; remove it or pass another --root")
     root.mkdir(parents=True)
     policy, toy, toy_text = root / "tiny-vlm", root / "toy", root / "toy-text"
     reward_dir = root / "reward"
@@ -135,4 +137,4 @@ def main(cfg: DemoConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([DemoConfig]))
+    run_recipe(main, [DemoConfig])

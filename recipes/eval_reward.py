@@ -14,7 +14,7 @@
 Writes predictions.jsonl, metrics.json, results.md (beside the published rows), categories.png, run_meta.json.
 """
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from reward.evaluate import EvalConfig, evaluate_reward_model
 from reward.scorer import ScorerConfig
 
@@ -27,4 +27,4 @@ def main(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([EvalConfig, ScorerConfig]))
+    run_recipe(main, [EvalConfig, ScorerConfig])

@@ -8,7 +8,7 @@ python recipes/make_tiny_model.py --output_dir outputs/tiny-qwen2 --vocab qwen2 
 import dataclasses
 from dataclasses import field
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm
 
 
@@ -34,4 +34,4 @@ def main(cfg: MakeTinyModelConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([MakeTinyModelConfig]))
+    run_recipe(main, [MakeTinyModelConfig])

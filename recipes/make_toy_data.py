@@ -7,7 +7,7 @@ python recipes/make_toy_data.py --output_dir outputs/toy_jsonl --fmt jsonl --kin
 import dataclasses
 from dataclasses import field
 
-from common.cli import parse_configs, write_run_meta
+from common.cli import run_recipe, write_run_meta
 from common.toy_task import KINDS, ToyTaskConfig, write_toy_task
 
 
@@ -31,4 +31,4 @@ def main(cfg: MakeToyDataConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([MakeToyDataConfig]))
+    run_recipe(main, [MakeToyDataConfig])

@@ -20,10 +20,11 @@ true`). `--eval_reward_model PATH` adds the mean reward of the policy's greedy a
 import dataclasses
 from dataclasses import field
 
-from common.cli import parse_configs
+from common.cli import parse_configs, run_recipe
 from common.distributed import init_distributed_early, print0
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
+from reward.model import check_value_head
 from reward.scorer import RewardScorer
 
 
@@ -45,10 +46,11 @@ def reward_scorer(path: str, cfg: MPOConfig) -> RewardScorer:
 def main() -> None:
     init_distributed_early()  # before any from_pretrained: ZeRO-3's zero.Init must see every rank
     cfg, args = parse_configs([MPOConfig, EvalRewardArgs])
-    scorer = reward_scorer(args.eval_reward_model, cfg) if args.eval_reward_model else None
-    out = train_mpo(cfg, scorer=scorer)
+    path = args.eval_reward_model
+    check_value_head(path, "eval_reward_model")
+    out = train_mpo(cfg, load_scorer=(lambda: reward_scorer(path, cfg)) if path else None)  # loaded after the checks
     print0(f"MPO model saved to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -10,7 +10,7 @@ against reward hacking (docs/rounds.md). Rerun the same command after a kill: it
     python recipes/mpo_rounds.py --config recipes/configs/mpo_rounds_qwen2_5_vl_7b.yaml
 """
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from rounds.config import RoundsConfig
 from rounds.loop import run_rounds
 
@@ -22,4 +22,4 @@ def main(cfg: RoundsConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([RoundsConfig]))
+    run_recipe(main, [RoundsConfig])

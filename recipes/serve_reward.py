@@ -5,7 +5,7 @@
         --device cuda --host 0.0.0.0 --image_root /data/images
 """
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from reward.scorer import ScorerConfig
 from reward.serving.app import ServeConfig, serve
 
@@ -16,4 +16,4 @@ def main(cfg: ServeConfig, scorer_cfg: ScorerConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([ServeConfig, ScorerConfig]))
+    run_recipe(main, [ServeConfig, ScorerConfig])

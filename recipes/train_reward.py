@@ -15,7 +15,7 @@ Rerun the same command after a kill: finished stages are skipped, the current on
 Any field of `reward.config.RewardConfig` (and of `transformers.TrainingArguments`) can be overridden as `--field`.
 """
 
-from common.cli import parse_configs
+from common.cli import parse_configs, run_recipe
 from common.distributed import init_distributed_early, print0, shutdown
 from reward.config import RewardConfig
 from reward.train import train_reward_model
@@ -30,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -18,12 +18,13 @@ from typing import Any
 
 import httpx
 
+from common.errors import ExpectedError
 from common.images import load_image
 from common.scoring import ScoringGroup
 from reward.serving.images import to_data_uri
 
 
-class RewardServerError(RuntimeError):
+class RewardServerError(ExpectedError, RuntimeError):
     """The server refused a request (4xx) or kept failing (5xx / unreachable after the retries)."""
 
     def __init__(self, message: str, status: int | None = None, kind: str | None = None, item: str | None = None):

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal
 from transformers import TrainingArguments
 
 from common.config_checks import model_path_problems, output_dir_problems, raise_problems
+from common.errors import ConfigError
 from common.vl_training import VLTrainingFields
 
 FREEZE_FIELDS = ("freeze_vision_tower", "freeze_merger", "freeze_language_model")
@@ -125,7 +126,7 @@ class RewardConfig(VLTrainingFields, TrainingArguments):
         try:
             raw = json.loads(self.stages) if isinstance(self.stages, str) else self.stages
         except json.JSONDecodeError as e:
-            raise ValueError(f"stages: not a JSON list of stage mappings ({e}): {self.stages!r}") from e
+            raise ConfigError(f"stages: not a JSON list of stage mappings ({e}): {self.stages!r}") from e
         self.stages = raw  # kept as plain mappings so the config stays JSON-serialisable
 
     def stage_configs(self) -> list[StageConfig]:

@@ -15,6 +15,7 @@ import datasets
 import numpy as np
 from datasets import Dataset
 
+from common.errors import InputError
 from common.io import SkipLog, read_records
 from common.record_checks import flag_pairs
 from common.schema import RecordError, record_ref
@@ -135,7 +136,7 @@ def stage_dataset(
         if len(ds):
             parts.append(_weighted(ds, weight, seed=cfg.seed + k))
     if not parts:
-        raise ValueError(
+        raise InputError(
             f"stage {stage.name!r}: no usable pairs in {list(stage.datasets)} (skipped: {skipped.to_dict()})"
         )
     return datasets.concatenate_datasets(parts)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config_checks import output_dir_problems
+from common.config_checks import output_dir_problems, raise_problems
+from common.errors import InputError
 from common.tracking import pyplot, save_figure, wandb_run
 from reward.bench import METRICS, REFERENCE_ROWS, read_benchmark, scored_row
 from reward.scorer import ScorerConfig
@@ -59,8 +60,7 @@ class EvalConfig:
             problems.append(f"--on_bad_record {self.on_bad_record!r}: choose raise or skip")
         if self.limit is not None and self.limit < 1:
             problems.append(f"--limit {self.limit}: must be >= 1")
-        if problems:
-            raise ValueError("invalid evaluation config:\n  " + "\n  ".join(problems))
+        raise_problems("evaluation config", problems)
 
 
 def _headline(metrics: Mapping[str, Any]) -> dict[str, float | None]:
@@ -115,16 +115,18 @@ def evaluate_reward_model(cfg: EvalConfig, scorer_cfg: ScorerConfig) -> Path:
     cfg.validate()
     from common.cli import write_run_meta
     from common.io import SkipLog
+    from reward.model import check_value_head
     from reward.scorer import RewardScorer
 
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = SkipLog()
+    check_value_head(scorer_cfg.model_name_or_path, "--model")
+    skipped = SkipLog()  # the data is read and checked before the output folder is made and the model loads
     examples = read_benchmark(
         cfg.benchmark, cfg.data_path, limit=cfg.limit, on_bad_record=cfg.on_bad_record, skipped=skipped
     )
     if not examples:
-        raise ValueError(f"{cfg.data_path}: no example left to score (skipped: {skipped.to_dict()})")
+        raise InputError(f"{cfg.data_path}: no example left to score (skipped: {skipped.to_dict()})")
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     options = {k: v for k, v in dataclasses.asdict(scorer_cfg).items() if k != "model_name_or_path"}
     scorer = RewardScorer.from_pretrained(scorer_cfg.model_name_or_path, **options)
     start = time.perf_counter()

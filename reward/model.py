@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, Qwen2_5_VLModel, Qwen2VLModel
@@ -31,6 +32,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrai
 from transformers.utils import logging as hf_logging
 
 from common.distributed import zero3_gathered
+from common.errors import InputError, InputNotFound
 from common.processor import load_processor
 
 logger = logging.getLogger(__name__)
@@ -188,6 +190,33 @@ def is_reward_checkpoint(path: str | Path) -> bool:
     return (Path(path) / VALUE_HEAD_FILE).is_file()
 
 
+def _no_value_head(path: str | Path) -> str:
+    return (f"{path} has no {VALUE_HEAD_FILE}: it is not a reward model (a base VLM would be scored by a random head). "
+            "Train one with recipes/train_reward.py, or point to a folder that has the file.")  # fmt: skip
+
+
+def _weight_names(folder: Path) -> list[str]:
+    """The tensor names of a local checkpoint's safetensors, from the index or the file header (nothing loaded)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text()).get("weight_map", {}))
+    if (folder / "model.safetensors").is_file():
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            return list(f.keys())
+    return []
+
+
+def check_value_head(path: str | None, name: str) -> None:
+    """Raise `InputNotFound` when the local folder `path` (the option `name`) has no value head: neither
+    `value_head.safetensors` nor `v_head.*` weights (as a Trainer checkpoint has). Read from file names and headers, no
+    weights loaded: the check a job runs before claiming its folder or loading a model. A hub id or a missing path
+    passes here (`common.config_checks.model_path_problems` covers the latter)."""
+    if not path or not Path(path).is_dir() or is_reward_checkpoint(path):
+        return
+    if not any(k.startswith("v_head.") for k in _weight_names(Path(path))):
+        raise InputNotFound(f"{name}: {_no_value_head(path)}")
+
+
 def value_head_file(path: str | Path) -> str | None:
     """`value_head.safetensors` of a local folder, or of a hub repo (downloaded) when `path` is a hub id."""
     if Path(path).exists() or Path(path).is_absolute() or str(path).count("/") > 1:
@@ -236,7 +265,7 @@ def load_reward_model(
         hf_logging.set_verbosity(verbosity)
     missing_backbone = sorted(k for k in info["missing_keys"] if not k.startswith("v_head."))
     if missing_backbone:
-        raise ValueError(
+        raise InputError(
             f"{path}: {len(missing_backbone)} backbone weight(s) missing from the checkpoint, e.g. "
             f"{missing_backbone[:3]}; they would stay randomly initialised. Is it a Qwen2-VL / Qwen2.5-VL checkpoint?"
         )
@@ -245,10 +274,7 @@ def load_reward_model(
         model.load_value_head(load_file(head_file), source=head_file)
     elif any(k.startswith("v_head.") for k in info["missing_keys"]):  # a base VLM (a Trainer checkpoint has the head)
         if not new_head_ok:
-            raise FileNotFoundError(
-                f"{path} has no {VALUE_HEAD_FILE}: it is not a reward model (a base VLM would be scored by a random "
-                "head). Train one with recipes/train_reward.py, or point to a folder that has the file."
-            )
+            raise InputNotFound(_no_value_head(path))
         logger.warning(f"{path} has no {VALUE_HEAD_FILE}: starting a new value head (seed {head_seed})")
         model.reset_value_head(head_seed)
     model.to(device).eval()

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.distributed import resolve_device
+from common.errors import ConfigError
 from common.images import load_image
 from common.scoring import ScoringGroup
 from reward.group_scoring import assistant_message, forward_groups, pack_groups, pad_right, split_group
@@ -60,11 +61,11 @@ class ScorerConfig:
 
     def __post_init__(self):
         if not self.model_name_or_path:
-            raise ValueError("model_name_or_path (--model) is required: a reward model folder")
+            raise ConfigError("model_name_or_path (--model) is required: a reward model folder")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
+            raise ConfigError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
+            raise ConfigError(f"batch_size={self.batch_size}: must be >= 1")
 
 
 def _windows(n: int, size: int) -> Iterator[range]:

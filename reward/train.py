@@ -5,21 +5,27 @@
 evaluates `cfg.eval_datasets`, and exports `<output_dir>/<stage>/model` in the released Skywork-VL-Reward format.
 Run the same command again after a kill: finished stages are skipped and the current one resumes from its last
 checkpoint (`<output_dir>/<stage>/checkpoint-N`, written every `save_steps`).
+
+Fail fast: the config is checked, then the data of the first stage to train and the evaluation data are read and
+checked, then `output_dir` is claimed, then the model loads. A later stage reads its data before loading its model.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, set_seed
+from datasets import Dataset
+from transformers import ProcessorMixin, Trainer, set_seed
 
 from common.checkpoints import CompleteCheckpointsMixin
 from common.cli import write_run_meta
 from common.distributed import print0
 from common.io import SkipLog
+from common.processor import load_processor
 from common.run_folder import claim_output_dir
 from common.tracking import finish_wandb
 from common.vl_training import freeze_parts, lora_config, model_part
@@ -121,11 +127,33 @@ def export_reward_model(trainer: Trainer, processor, path: Path, cfg: RewardConf
     trainer.accelerator.wait_for_everyone()
 
 
-def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callbacks) -> tuple[Path, dict]:
+@dataclass
+class StageData:
+    """A stage's training mixture and the evaluation data, read and checked (with the processor that measured them)."""
+
+    stage: StageConfig
+    processor: ProcessorMixin
+    train: Dataset
+    eval: Dataset | None
+    skipped: SkipLog = field(default_factory=SkipLog)
+    flagged: SkipLog = field(default_factory=SkipLog)  # trained on, but duplicate ids or chosen == rejected
+
+
+def read_stage_data(cfg: RewardConfig, stage: StageConfig, processor_path: str) -> StageData:
+    """Read and check `stage`'s data and the evaluation data; no model is loaded (only the processor)."""
+    processor = load_processor(processor_path, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    skipped, flagged = SkipLog(), SkipLog()
+    train = stage_dataset(stage, cfg, processor, skipped, flagged)
+    return StageData(stage, processor, train, eval_dataset(cfg, processor, skipped), skipped, flagged)
+
+
+def _train_stage(cfg: RewardConfig, data: StageData, init_path: str, callbacks) -> tuple[Path, dict]:
+    stage, processor, train_ds, eval_ds, skipped, flagged = (data.stage, data.processor, data.train, data.eval,
+                                                             data.skipped, data.flagged)  # fmt: skip
     args = cfg.for_stage(stage)  # built before the model: under ZeRO-3 it makes from_pretrained partition at load
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model, processor = load_reward_model(init_path, dtype=dtype, head_seed=cfg.head_seed,
-                                         min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, new_head_ok=True)  # fmt: skip
+    model, _ = load_reward_model(init_path, dtype=dtype, head_seed=cfg.head_seed,
+                                 min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, new_head_ok=True)  # fmt: skip
     model.always_run_vision = True  # same collectives on every rank under ZeRO-3, text-only batches included
     freeze_parts(model, args.freeze_vision_tower, args.freeze_merger, args.freeze_language_model)
     if cfg.use_lora:
@@ -134,11 +162,8 @@ def _train_stage(cfg: RewardConfig, stage: StageConfig, init_path: str, callback
         if args.activation_checkpointing:
             model.enable_input_require_grads()
     trainable = trainable_counts(model)
-    skipped, flagged = SkipLog(), SkipLog()  # flagged: trained on, but duplicate ids or chosen == rejected
-    train_ds = stage_dataset(stage, cfg, processor, skipped, flagged)
     if flagged.total:
         print0(f"[reward] stage {stage.name}: warning, {flagged.total} suspicious pairs kept: {dict(flagged.counts)}")
-    eval_ds = eval_dataset(cfg, processor, skipped)
     trainer = VLRewardTrainer(
         model=model,
         args=args,
@@ -202,14 +227,21 @@ def train_reward_model(cfg: RewardConfig, callbacks=()) -> Path:
         common.schema.RecordError: a bad record with `on_bad_record="raise"`, naming the record and the field.
     """
     cfg.validate()
+    stages = cfg.stage_configs()
+    exports = [Path(cfg.output_dir) / stage.name / "model" for stage in stages]
+    todo, first = next((k for k, export in enumerate(exports) if not stage_done(export)), None), None
+    # the first stage to train: its data is checked before the folder is claimed and before any model loads
+    if todo is not None:  # stage k starts from stage k-1's export (and its processor)
+        first = read_stage_data(cfg, stages[todo], str(exports[todo - 1]) if todo else cfg.model_name_or_path)
     _claim_output_dir(cfg)
     init_path = cfg.model_name_or_path
-    for stage in cfg.stage_configs():
-        export = Path(cfg.output_dir) / stage.name / "model"
+    for stage, export in zip(stages, exports):
         if stage_done(export):
             print0(f"[reward] stage {stage.name} already done: {export}")
         else:
-            export, _ = _train_stage(cfg, stage, init_path, callbacks)
+            data = first if first is not None and first.stage == stage else read_stage_data(cfg, stage, init_path)
+            first = None
+            export, _ = _train_stage(cfg, data, init_path, callbacks)
         init_path = str(export)
     if "wandb" in (cfg.report_to or []):
         finish_wandb()

@@ -50,6 +50,7 @@ from data_builders.sources import read_prompts
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
 from policy_eval.rounds_hook import figures_line, policy_figures
+from reward.model import check_value_head
 from rounds.config import RoundsConfig
 from rounds.evaluation import evaluate_round
 from rounds.guards import best_round, hacking_alarm, length_bias, mpo_health
@@ -87,6 +88,10 @@ class Rounds:
 
     def __init__(self, cfg: RoundsConfig, scorer: Scorer | None = None, heldout_scorer: Scorer | None = None):
         cfg.validate()
+        if scorer is None and not cfg.reward_url:  # value heads: checked before the folder is claimed
+            check_value_head(cfg.reward_model_name_or_path, "reward_model_name_or_path")
+        if heldout_scorer is None:
+            check_value_head(cfg.heldout_reward_model_name_or_path, "heldout_reward_model_name_or_path")
         if cfg.launcher and (scorer is not None or heldout_scorer is not None):
             raise ValueError("ready-made scorers need the stages in this process: leave launcher empty")
         self.cfg, self.out = cfg, Path(cfg.output_dir)
@@ -289,10 +294,10 @@ class Rounds:
         torch.manual_seed(cfg.seed)
         inputs = {name: _config_path(v) if name.endswith("_config") and v else v
                   for name in INPUTS for v in [getattr(cfg, name)]}  # fmt: skip
+        pool = read_prompts(cfg.prompts, skipped=SkipLog())  # read and checked before the folder is claimed
+        eval_prompts = list(read_prompts(cfg.eval_prompts, skipped=SkipLog()))
         claim_output_dir(self.out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
         self.log(f"rounds run in {self.out} ({cfg.num_rounds} rounds)")
-        pool = read_prompts(cfg.prompts, skipped=SkipLog())
-        eval_prompts = list(read_prompts(cfg.eval_prompts, skipped=SkipLog()))
         self.round_dir(0).mkdir(parents=True, exist_ok=True)
         records = {0: {"round": 0, "policy": cfg.policy_name_or_path,
                        "eval": self._eval(0, cfg.policy_name_or_path, eval_prompts)}}  # fmt: skip

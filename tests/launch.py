@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from common.distributed import free_port
 
@@ -36,3 +39,13 @@ def run_deepspeed(script: str | Path, args: list[str], nprocs: int, timeout: int
         tail = (proc.stdout + proc.stderr)[-6000:]
         raise AssertionError(f"deepspeed run failed (rc={proc.returncode}): {' '.join(cmd)}\n{tail}")
     return proc
+
+
+def refusal(run: Callable[[], object], exit_code: int = 2) -> BaseException:
+    """The error behind a recipe run in process (`runpy`) that refuses: `common.cli.run_recipe` turns it into
+    `SystemExit(exit_code)` raised from it."""
+    with pytest.raises(SystemExit) as exit_:
+        run()
+    assert exit_.value.code == exit_code, f"exit status {exit_.value.code}, expected {exit_code}"
+    assert exit_.value.__cause__ is not None
+    return exit_.value.__cause__

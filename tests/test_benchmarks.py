@@ -113,3 +113,32 @@ def test_bench_correctness_measures_both_rules_on_the_same_labelled_mix(tmp_path
     assert 0 < r["symbolic_share"] < 0.2 and r["math_verify_judgments"] == 16
     rows = correctness_figures(r)
     assert [f.ratio for f in rows] == [r["ours_per_cpu_s"] / r["old_per_cpu_s"], r["ratio_to_math_verify"]]
+
+
+def _fake_python(path: Path, name: str) -> None:
+    """An executable `python` that prints which one it is and its arguments."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\necho "{name} $*"\n')
+    path.chmod(0o755)
+
+
+def test_gpu_check_sh_uses_the_project_venv_unless_python_is_given(tmp_path):
+    """After `make install` the user runs `bash benchmarks/gpu_check.sh` without activating `.venv`: the script must
+    take `.venv/bin/python` (where torch is), not the `python` on PATH; `PYTHON=...` still wins."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    (repo / "benchmarks" / "gpu_check.sh").write_text((REPO / "benchmarks" / "gpu_check.sh").read_text())
+    _fake_python(tmp_path / "bin" / "python", "path-python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}"
+
+    def run(**extra: str) -> str:
+        cmd = ["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--preset", "small"]
+        proc = subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True, check=True, timeout=30)
+        return proc.stdout.strip()
+
+    assert run() == "path-python benchmarks/gpu_check.py --preset small"  # no .venv: python on PATH
+    _fake_python(repo / ".venv" / "bin" / "python", "venv-python")
+    assert run() == "venv-python benchmarks/gpu_check.py --preset small"
+    _fake_python(tmp_path / "chosen", "chosen-python")
+    assert run(PYTHON=str(tmp_path / "chosen")) == "chosen-python benchmarks/gpu_check.py --preset small"

@@ -32,15 +32,18 @@ def launch_command(path) -> list[str]:
 
 
 def recipe_config_classes(recipe) -> list[type]:
-    """The classes the recipe hands to `parse_configs([...])`, read from its source (the recipe is not run)."""
+    """The classes the recipe hands to `parse_configs([...])` or `run_recipe(main, [...])`, read from its source (the
+    recipe is not run)."""
     namespace = runpy.run_path(str(recipe), run_name="recipe_under_test")
-    calls = [
-        node
+    lists = [
+        arg
         for node in ast.walk(ast.parse(recipe.read_text()))
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_configs"
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("parse_configs", "run_recipe")
+        for arg in node.args
+        if isinstance(arg, ast.List)
     ]
-    assert len(calls) == 1 and isinstance(calls[0].args[0], ast.List), f"{recipe.name}: one parse_configs([...])"
-    return [namespace[element.id] for element in calls[0].args[0].elts]
+    assert len(lists) == 1, f"{recipe.name}: one parse_configs([...]) or run_recipe(main, [...])"
+    return [namespace[element.id] for element in lists[0].elts]
 
 
 def test_configs_are_found():

@@ -50,6 +50,7 @@ from data_builders.reward_data.filtering import SurrogateFilter, ambiguous_reaso
 from data_builders.reward_data.mixing import plan_stage
 from data_builders.reward_data.readers import iter_source_rows
 from data_builders.reward_data.report import add_chunk_stats, log_to_wandb, new_total, write_report
+from reward.model import check_value_head
 
 STEPS = ("read", "validate", "ambiguous", "images", "decontaminate", "exact_dedup", "near_dedup", "surrogate")
 _MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(
@@ -256,6 +257,8 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
         ValueError: an invalid config. common.run_folder.RunFolderError: `output_dir` holds a different build.
     """
     cfg.validate()
+    if scorer is None:  # a local surrogate reward model: its value head is checked before the folder is claimed
+        check_value_head(cfg.reward_model_name_or_path, "reward_model_name_or_path")
     if not cfg.progress:
         datasets.disable_progress_bars()
     sources, stages, bench_specs, _ = cfg.specs()

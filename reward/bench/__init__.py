@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from common.errors import ConfigError, InputNotFound
 from common.io import SkipLog, iter_raw_rows, validate_rows
 from reward.bench import mm_rewardbench, rewardbench, vl_rewardbench
 from reward.bench.base import BenchmarkExample
@@ -47,10 +48,10 @@ def read_benchmark(
         RecordError: a malformed row (names the row and the field), with `on_bad_record="raise"`.
     """
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
+        raise ConfigError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such benchmark file or folder: {path}")
+        raise InputNotFound(f"no such benchmark file or folder: {path}")
     if on_bad_record == "skip" and skipped is None:
         raise ValueError("on_bad_record='skip' needs a SkipLog to count the skipped rows")
     read_row = BENCHMARKS[name].read_row

@@ -236,9 +236,11 @@ def serve(cfg: ServeConfig, scorer_cfg) -> None:
     """Load the model (`scorer_cfg`, a `reward.scorer.ScorerConfig`) and serve it until SIGTERM / Ctrl-C."""
     import uvicorn
 
+    from reward.model import check_value_head
     from reward.scorer import RewardScorer
 
     cfg.validate()
+    check_value_head(scorer_cfg.model_name_or_path, "--model")  # before the load
     options = {k: v for k, v in asdict(scorer_cfg).items() if k != "model_name_or_path"}
     options.update(progress=False, batch_size=cfg.max_batch_items)  # the batcher decides what one call holds
     scorer = RewardScorer.from_pretrained(scorer_cfg.model_name_or_path, **options)

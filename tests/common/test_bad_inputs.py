@@ -63,6 +63,10 @@ BAD = {
                                   "text contains a vision special token"),
     "lone surrogate": (_pair("sur", text="Smile \ud83d please"), "prompt[0].content[1].text",
                        "text is not valid Unicode"),
+    "empty prompt": (_pair("empty", text="", images=()), "prompt[0]", "the user turn is empty (no text, no image)"),
+    "blank prompt": (_pair("blank", text=" \n", images=()), "prompt[0]", "the user turn is empty (no text, no image)"),
+    "empty string prompt": ({**_pair("str", images=()), "prompt": [{"role": "user", "content": ""}]}, "prompt[0]",
+                            "the user turn is empty (no text, no image)"),
 }  # fmt: skip
 
 
@@ -108,12 +112,18 @@ def test_prompt_fields_are_checked(image_dir):
     path = image_dir / "prompts.jsonl"
     question = [{"role": "user", "content": "Two plus two?"}]
     rows = [{"id": "q0", "prompt": question, "choices": ["four", 4]},
-            {"id": "q1", "prompt": question, "answer": "four <|vision_end|>"}]  # fmt: skip
+            {"id": "q1", "prompt": question, "answer": "four <|vision_end|>"},
+            {"id": "q2", "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ""}]},
+            {"id": "q3", "prompt": [{"role": "system", "content": ""}, {"role": "user", "content": "Two?"}]}]  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     skipped = SkipLog()
-    assert len(read_records(path, "prompt", on_bad_record="skip", skipped=skipped)) == 0
+    assert read_records(path, "prompt", on_bad_record="skip", skipped=skipped)["id"] == ["q3"]
     assert dict(skipped.counts) == {"choices: expected a list of strings": 1,
-                                    "answer: text contains a vision special token": 1}  # fmt: skip
+                                    "answer: text contains a vision special token": 1,
+                                    "prompt: the user turn is empty (no text, no image)": 1}  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
+    with pytest.raises(RecordError, match=r"record 'q2' \(#0\), field 'prompt\[1\]': the user turn is empty"):
+        read_records(path, "prompt")
 
 
 FORMATS = ["data.jsonl", "data.parquet", "data_folder"]

@@ -1,7 +1,11 @@
 """Record validation names the record and the field; IO round-trips through JSONL, Parquet and folders."""
 
+import contextlib
 import json
+import os
+import subprocess
 
+import datasets
 import pytest
 from PIL import Image
 
@@ -109,3 +113,54 @@ def test_text_only_records(tmp_path):
     records = [preference_record(make_example(0, "t", i, "sum")) for i in range(2)]
     ds = read_records(write_records(records, tmp_path / "text"))
     assert ds["images"] == [[], []]
+
+
+def _listing(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+
+
+@contextlib.contextmanager
+def _read_only(folder):
+    """`folder` on a really read-only filesystem: a read-only bind mount as root (chmod does not stop root), the
+    write bits removed otherwise. Skips, saying why, when root cannot mount here."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for p in modes:
+            p.chmod(modes[p] & ~0o222)
+        try:
+            yield folder
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    view = folder.with_name(folder.name + "-ro")
+    view.mkdir()
+    for cmd in (["mount", "--bind", str(folder), str(view)], ["mount", "-o", "remount,ro,bind", str(view)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            subprocess.run(["umount", str(view)], capture_output=True, timeout=30)
+            pytest.skip(f"root cannot make a read-only bind mount here ({' '.join(cmd)}: {proc.stderr.strip()})")
+    try:
+        with pytest.raises(OSError, match="Read-only file system"):
+            (view / "probe").write_text("x")
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=True, timeout=30)
+
+
+@pytest.mark.parametrize("layout", ["dataset", "dataset_dict"])
+def test_reading_a_datasets_folder_never_writes_beside_the_data(tmp_path, layout):
+    """Reading used to cast the image columns with `cast_column`, which writes a `cache-*.arrow` file into the
+    user's data folder: a crash (errno 30) on read-only data and litter on writable data."""
+    records = [preference_record(make_example(0, "t", i, k)) for i in range(3) for k in ("color", "sum")]
+    ds = read_records(write_records(records, tmp_path / "staging"))
+    data = tmp_path / "data"
+    (datasets.DatasetDict({"train": ds}) if layout == "dataset_dict" else ds).save_to_disk(str(data))
+    before = _listing(data)
+    assert read_records(data)["id"] == [r["id"] for r in records]
+    assert _listing(data) == before  # no cache-*.arrow left in the user's folder
+    with _read_only(data) as view:
+        again = read_records(view)
+        assert again["id"] == [r["id"] for r in records]
+        assert [len(x) for x in again["images"]] == [len(r["images"]) for r in records]
+    assert _listing(data) == before

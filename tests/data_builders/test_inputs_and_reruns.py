@@ -66,7 +66,7 @@ def test_a_base_vlm_as_reward_model_is_refused(tiny_vlm_path, toy_data, tmp_path
     cfg = make_cfg(toy_data["prompts_eval"], tmp_path / "out", tiny_vlm_path, tiny_vlm_path, max_prompts=4)
     with pytest.raises(FileNotFoundError, match="has no value_head.safetensors"):
         build_pairs(cfg, sampler=ChoiceSampler())  # the scorer is built from reward_model_name_or_path
-    assert not (tmp_path / "out" / "pairs").exists()
+    assert not (tmp_path / "out").exists()  # refused before the folder was claimed (issue 20)
 
 
 class ImageFailingSampler(ChoiceSampler):

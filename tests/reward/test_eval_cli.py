@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from PIL import Image
 
 from common.schema import RecordError
 from reward.bench import METRICS
+from tests.launch import refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -80,10 +82,8 @@ def test_eval_cli_refuses_bad_config(monkeypatch, tmp_path, tiny_reward_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
-    with pytest.raises(ValueError) as err:
-        _run(monkeypatch, "--model", tiny_reward_path, "--benchmark", "vlrb", "--data", tmp_path / "missing.jsonl",
-             "--output_dir", out)  # fmt: skip
-    message = str(err.value)
+    message = str(refusal(lambda: _run(monkeypatch, "--model", tiny_reward_path, "--benchmark", "vlrb", "--data",
+                                       tmp_path / "missing.jsonl", "--output_dir", out)))  # fmt: skip
     assert "--benchmark 'vlrb'" in message and "no such file" in message and "--overwrite_output_dir" in message
 
 
@@ -94,8 +94,9 @@ def test_eval_cli_skips_and_counts_rows_whose_image_is_missing(monkeypatch, tmp_
     data = tmp_path / "all_data.json"
     data.write_text(json.dumps(rows))
     args = ["--model", tiny_reward_path, "--benchmark", "mm_rewardbench", "--data", data]
-    with pytest.raises(RecordError, match=r"'hateful_memes_9' \(#6\), field 'Image\[0\]': image file not found"):
-        _run(monkeypatch, *args, "--output_dir", tmp_path / "strict")
+    error = refusal(lambda: _run(monkeypatch, *args, "--output_dir", tmp_path / "strict"))
+    assert isinstance(error, RecordError) and not (tmp_path / "strict").exists()  # read before the folder is made
+    assert re.search(r"'hateful_memes_9' \(#6\), field 'Image\[0\]': image file not found", str(error))
     _run(monkeypatch, *args, "--output_dir", tmp_path / "out", "--on_bad_record", "skip")
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert report["n_examples"] == 6
