@@ -4,12 +4,15 @@
 `cfg.model_name_or_path`), trains it on its mixture with one forward per step for chosen and rejected together,
 evaluates `cfg.eval_datasets`, and exports `<output_dir>/<stage>/model` in the released Skywork-VL-Reward format.
 Run the same command again after a kill: finished stages are skipped and the current one resumes from its last
-checkpoint (`<output_dir>/<stage>/checkpoint-N`, written every `save_steps`).
+checkpoint (`<output_dir>/<stage>/checkpoint-N`, written every `save_steps`). A rerun with a longer stage (a larger
+`max_steps` or `num_train_epochs`, for the run or in `stages`) continues that stage from its final checkpoint and
+trains every later stage again from the new weights.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,9 +21,9 @@ from transformers import Trainer, set_seed
 
 from common.checkpoints import CompleteCheckpointsMixin
 from common.cli import write_run_meta
-from common.distributed import print0
+from common.distributed import barrier, is_main_process, print0
 from common.io import SkipLog
-from common.run_folder import claim_output_dir
+from common.run_folder import claim_output_dir, is_finished, release_output_dir
 from common.tracking import finish_wandb
 from common.vl_training import freeze_parts, lora_config, model_part
 from reward.collator import RewardCollator
@@ -178,8 +181,9 @@ def _release(trainer: Trainer) -> None:
     trainer.accelerator.free_memory()
 
 
-def stage_done(export: Path) -> bool:
-    return is_reward_checkpoint(export) and (export / SUMMARY_FILE).is_file()
+def stage_done(export: Path, args: RewardConfig) -> bool:
+    """Whether the stage exported at `export` finished at the length `args` (the stage's config) asks for."""
+    return is_reward_checkpoint(export) and (export / SUMMARY_FILE).is_file() and is_finished(export, args)
 
 
 def _claim_output_dir(cfg: RewardConfig) -> None:
@@ -204,13 +208,29 @@ def train_reward_model(cfg: RewardConfig, callbacks=()) -> Path:
     cfg.validate()
     _claim_output_dir(cfg)
     init_path = cfg.model_name_or_path
-    for stage in cfg.stage_configs():
+    stages = cfg.stage_configs()
+    for i, stage in enumerate(stages):
         export = Path(cfg.output_dir) / stage.name / "model"
-        if stage_done(export):
+        if stage_done(export, cfg.for_stage(stage)):
             print0(f"[reward] stage {stage.name} already done: {export}")
         else:
+            _drop_later_stages(cfg, stages[i + 1 :])
             export, _ = _train_stage(cfg, stage, init_path, callbacks)
         init_path = str(export)
     if "wandb" in (cfg.report_to or []):
         finish_wandb()
+    release_output_dir(cfg.output_dir)
     return Path(init_path)
+
+
+def _drop_later_stages(cfg: RewardConfig, later: list[StageConfig]) -> None:
+    """Before a stage trains, delete what the stages after it hold: they started from its old weights (a rerun that
+    made this stage longer). The last first, so a kill half way leaves no later stage that looks done."""
+    for stage in reversed(later):
+        folder = Path(cfg.output_dir) / stage.name
+        if folder.exists():
+            print0(f"[reward] stage {stage.name}: removing {folder}, trained from the earlier stage's old weights")
+            barrier()
+            if is_main_process():
+                shutil.rmtree(folder)
+            barrier()
