@@ -300,11 +300,16 @@ def is_finished(folder: str | os.PathLike, cfg: Any) -> bool:
 
 
 def _schedule_note(configs: Sequence[Any]) -> str:
-    schedules = {str(getattr(c, "lr_scheduler_type", "constant")).split(".")[-1].lower() for c in configs}
-    if schedules <= set(LENGTH_FREE_SCHEDULES):
-        return ""
-    return (f" The learning-rate schedule ({', '.join(sorted(schedules))}) depends on the length: the steps taken "
-            "followed the old length's schedule, the rest follow the new one's.")  # fmt: skip
+    """What a grown run's learning rate does, when its schedule depends on the length (a decay, or a warm-up given as
+    a ratio of the total steps)."""
+    for c in configs:
+        schedule = str(getattr(c, "lr_scheduler_type", "constant")).split(".")[-1].lower()
+        warmup_steps = getattr(c, "warmup_steps", 0) or 0
+        warmup_ratio = (getattr(c, "warmup_ratio", 0) or 0) > 0 or 0 < warmup_steps < 1  # a float < 1 is a ratio
+        if schedule not in LENGTH_FREE_SCHEDULES or (schedule != "constant" and warmup_ratio):
+            return (f" The learning-rate schedule ({schedule}) depends on the length: the steps taken followed the "
+                    "old length's schedule, the rest follow the new one's.")  # fmt: skip
+    return ""
 
 
 def claim_output_dir(
