@@ -370,6 +370,7 @@ def _claim_locked(out: Path, configs: Sequence[Any], inputs: Mapping[str, Any], 
                 if path.name != LOCK_FILE:
                     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(state, json.dumps(identity, indent=2, sort_keys=True))
+        if identity != old:
+            write_text_atomic(state, json.dumps(identity, indent=2, sort_keys=True))
     barrier()
     return resume
