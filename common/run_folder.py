@@ -30,7 +30,8 @@ class lists in `MAY_GROW`, e.g. `stages.*.num_train_epochs`) may grow between re
 length (then a rerun has nothing to do) or at a shorter one (then it continues).
 
 **One live run per folder.** The claim takes an advisory lock (`fcntl.flock` on `<output_dir>/.run.lock`, which
-records the holder's PID and host) and holds it until the process ends or `release_output_dir`. A second live run is
+records the holder's PID and host; emptied when released) and holds it until the process ends or
+`release_output_dir`. A second live run is
 refused naming the holder; the lock of a process that died is free again (the kernel drops it) and is taken over.
 Under a launcher the lock is taken by one process per node, the node's local rank 0 (its other ranks share the
 folder with it): global rank 0 first, then every other node's local rank 0, which holds its own lock on a node-local
@@ -39,6 +40,7 @@ folder, or on a shared filesystem finds the lock held by this run's rank 0 (same
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import fcntl
 import hashlib
@@ -278,6 +280,14 @@ def _lock_output_dir(out: Path) -> None:
         release_output_dir(out)
         raise RunFolderError(f"output_dir {out} is in use by a live run: {busy}. Wait for it to end, stop it, or "
                              "choose another output_dir.")  # fmt: skip
+
+
+@atexit.register
+def _release_all() -> None:
+    """A job that ends normally leaves its lock file empty (a killed one leaves its record, which the next run reports
+    as taken over)."""
+    for path in list(_LOCKS):
+        release_output_dir(path)
 
 
 def release_output_dir(output_dir: str | os.PathLike) -> None:

@@ -170,11 +170,11 @@ def test_each_nodes_local_rank_0_marks_what_it_holds(tmp_path):
 
 def test_newest_and_rotation_go_by_step_number_not_mtime(tmp_path):
     for step in (2, 4, 6):
-        _NodeTrainer(tmp_path, step)._save_checkpoint(None, None)
+        _NodeTrainer(tmp_path, step, should_save=True)._save_checkpoint(None, None)
     future = time.time() + 3600
     os.utime(tmp_path / "checkpoint-2", (future, future))  # an old checkpoint touched (copied, rewritten, restored)
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
-    _NodeTrainer(tmp_path, step=8, limit=2)._save_checkpoint(None, None)
+    _NodeTrainer(tmp_path, step=8, limit=2, should_save=True)._save_checkpoint(None, None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
 
 
