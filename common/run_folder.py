@@ -31,8 +31,8 @@ length (then a rerun has nothing to do) or at a shorter one (then it continues).
 
 **One live run per folder.** The claim takes an advisory lock (`fcntl.flock` on `<output_dir>/.run.lock`, which
 records the holder's PID and host; emptied when released) and holds it until the process ends or
-`release_output_dir`. A second live run is
-refused naming the holder; the lock of a process that died is free again (the kernel drops it) and is taken over.
+`release_output_dir`. A second live run is refused naming the holder; the lock of a process that died is free again
+(the kernel drops it) and is taken over.
 Under a launcher the lock is taken by one process per node, the node's local rank 0 (its other ranks share the
 folder with it): global rank 0 first, then every other node's local rank 0, which holds its own lock on a node-local
 folder, or on a shared filesystem finds the lock held by this run's rank 0 (same PID and host in the file).
@@ -236,8 +236,9 @@ def _lock_record() -> str:
 
 
 def _take_lock(out: Path, ours: str | None = None) -> str | None:
-    """Hold `out`'s lock in this process. Returns None when held (or already held by this process, or, given
-    `ours`, the lock record of this run's rank 0 is in the file: a folder shared with it), else the live holder."""
+    """Hold `out`'s lock in this process, writing this process's record into the lock file. Returns None when held
+    (or already held by this process, or held by the process whose record is `ours`, this run's rank 0: a folder
+    shared with it), else the live holder."""
     key = os.path.realpath(out)
     if key in _LOCKS:
         return None
@@ -254,7 +255,7 @@ def _take_lock(out: Path, ours: str | None = None) -> str | None:
     if os.fstat(fd).st_size:
         print(f"[run] {out}: taking over the lock of {_holder(fd)}, which ended without releasing it", flush=True)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (ours or _lock_record()).encode(), 0)
+    os.pwrite(fd, _lock_record().encode(), 0)
     _LOCKS[key] = fd
     return None
 
@@ -269,8 +270,9 @@ def _lock_output_dir(out: Path) -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if world == 1 and local_rank != 0:  # under a launcher before its process group: the node's rank 0 holds it
         return
-    record = _lock_record() if rank == 0 else None
-    busy = _take_lock(out, record) if rank == 0 else None
+    busy = _take_lock(out) if rank == 0 else None
+    # read through the held descriptor: on NFS, where flock is a POSIX lock, closing another one would drop it
+    record = os.pread(_LOCKS[os.path.realpath(out)], 4096, 0).decode().strip() if rank == 0 and busy is None else None
     record, busy = broadcast_object((record, busy))
     if busy is None and rank != 0 and local_rank == 0:
         busy = _take_lock(out, record)
