@@ -1,6 +1,7 @@
 """`train_mpo(cfg)`: the MPO job from records on disk to a saved model that `transformers` loads.
 
-Order: validate the config; read and validate the pairs; precompute (or load) the reference log-probs; load the
+Order: validate the config; claim the output folder (a finished run of the same length has nothing to do; a longer one
+continues from the final checkpoint); read and validate the pairs; precompute (or load) the reference log-probs; load the
 policy (under ZeRO-3 inside `zero.Init`) and freeze / wrap it with LoRA; train with `MPOTrainer` (resuming if asked);
 save the final model (LoRA merged into the base weights, the adapter kept beside it); run the evaluation hook; write
 `run_meta.json`. Every rank calls it under a launcher.
@@ -16,12 +17,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, TrainerCallback, set_seed
 
+from common.checkpoints import CheckpointedState
 from common.cli import write_run_meta
 from common.distributed import print0, shutdown
 from common.io import SkipLog, read_records
 from common.processor import load_processor
 from common.record_checks import flag_pairs
-from common.run_folder import claim_output_dir
+from common.run_folder import claim_output_dir, is_finished, release_output_dir
 from common.scoring import Scorer
 from common.tracking import finish_wandb
 from common.vl_training import freeze_parts, lora_config
@@ -48,19 +50,28 @@ def load_policy(cfg: MPOConfig, dtype: torch.dtype):
     return model
 
 
-class _EvalEveryNSteps(TrainerCallback):
-    """Run the evaluation hook before the first step (the starting policy) and every `every` steps."""
+class _EvalEveryNSteps(CheckpointedState):
+    """Run the evaluation hook before the first step (the starting policy) and every `every` steps, keeping
+    `history` (`{"step", **metrics}` per evaluation) in the checkpoints, so a resumed run keeps the earlier ones."""
 
     def __init__(self, every: int, run):
-        self.every, self.run = every, run
+        self.every, self.run, self.history = every, run, []
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"history": self.history}}
+
+    def evaluate(self, step: int) -> dict:
+        metrics = self.run(step)
+        self.history.append({"step": step, **metrics})
+        return metrics
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.every and state.global_step == 0:
-            self.run(0)
+            self.evaluate(0)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every and state.global_step % self.every == 0:
-            self.run(state.global_step)
+            self.evaluate(state.global_step)
 
 
 def _save_final(trainer: MPOTrainer, cfg: MPOConfig, processor, dtype: torch.dtype) -> Path:
@@ -114,15 +125,12 @@ def train_mpo(
         callbacks: extra `TrainerCallback`s.
 
     Raises:
-        ValueError: an invalid config (every problem listed), or an `output_dir` holding a finished run while not
-            resuming.
+        ValueError: an invalid config (every problem listed).
+        common.run_folder.RunFolderError: `output_dir` holds another run (or a longer one), or a live run holds it.
         common.schema.RecordError: a bad record with `on_bad_record="raise"`.
     """
     cfg.validate()
     out = Path(cfg.output_dir)
-    if (out / "run_meta.json").exists() and not cfg.resume_from_checkpoint and not cfg.overwrite_output_dir:
-        raise ValueError(f"output_dir {out} holds a finished run; choose another, set resume_from_checkpoint, or pass "
-                         "--overwrite_output_dir true to start over")  # fmt: skip
     # fail fast: the data is read and checked before the folder is claimed and before any model loads
     skipped = SkipLog()
     dataset = read_records(cfg.train_data, "preference", on_bad_record=cfg.on_bad_record, skipped=skipped)
@@ -137,6 +145,13 @@ def train_mpo(
     inputs = {"model": cfg.model_name_or_path, "reference model": cfg.ref_model_name_or_path,
               "train_data": cfg.train_data, "eval_pairs": cfg.eval_pairs, "eval_prompts": cfg.eval_prompts}  # fmt: skip
     same_run = claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
+    explicit_checkpoint = str(cfg.resume_from_checkpoint or "").lower() not in ("", "true", "false", "none")
+    if same_run and is_finished(out, cfg) and not explicit_checkpoint:
+        print0(f"output_dir {out} holds this finished run: nothing to do (a larger max_steps or num_train_epochs "
+               "continues it; --overwrite_output_dir true starts over)")  # fmt: skip
+        release_output_dir(out)
+        shutdown()
+        return out
     if load_scorer is not None:
         scorer = load_scorer()
     if cfg.wandb_project:
@@ -155,35 +170,33 @@ def train_mpo(
         cfg.ref_batch_size,
     )
     print0(f"reference log-probs: {'cached' if ref_report['cached'] else 'computed'} -> {ref_report['path']}")
-    history = []
 
     def run_eval(step: int) -> dict:
         metrics = evaluate_policy(
             trainer.model, processor, eval_pairs, eval_prompts, scorer, cfg.eval_max_new_tokens,
             cfg.per_device_eval_batch_size, cfg.max_length,
         )  # fmt: skip
-        history.append({"step": step, **metrics})
         print0(f"eval at step {step}: {metrics}")
         return metrics
 
-    callbacks = list(callbacks or [])
-    if eval_pairs or eval_prompts:
-        callbacks.append(_EvalEveryNSteps(cfg.eval_every_n_steps, run_eval))
+    evals = _EvalEveryNSteps(cfg.eval_every_n_steps if eval_pairs or eval_prompts else 0, run_eval)
+    callbacks = [evals, *(callbacks or [])]
     trainer = MPOTrainer(load_policy(cfg, dtype), cfg, dataset, processor, callbacks=callbacks)
     # a rerun of the same run resumes from its newest complete checkpoint, as the reward trainer does
     trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint or (True if same_run else None))
     _save_final(trainer, cfg, processor, dtype)
     final_eval = {}
     if eval_pairs or eval_prompts:  # the every-N hook may have just run at this step
-        done = history and history[-1]["step"] == trainer.state.global_step
-        final_eval = history[-1] if done else run_eval(trainer.state.global_step)
+        done = evals.history and evals.history[-1]["step"] == trainer.state.global_step
+        final_eval = evals.history[-1] if done else evals.evaluate(trainer.state.global_step)
 
     if trainer.is_world_process_zero():
         keys = ("step", "loss", "loss/dpo", "loss/bco", "loss/sft", "bco_delta", "rewards/accuracies")
         losses = [{k: h[k] for k in keys if k in h} for h in trainer.state.log_history if "loss" in h]
-        (out / "mpo_history.json").write_text(json.dumps({"train": losses, "eval": history}, indent=2))
+        (out / "mpo_history.json").write_text(json.dumps({"train": losses, "eval": evals.history}, indent=2))
         write_run_meta(out, [cfg], pairs=len(dataset), world_size=cfg.world_size, skipped=skipped.to_dict(), flagged=flagged.to_dict(), ref_logps=ref_report,
                        bco_delta=trainer.delta.value, eval=final_eval, resumed_from=trainer.resumed_from)  # fmt: skip
     finish_wandb()
+    release_output_dir(out)
     shutdown(trainer)
     return out

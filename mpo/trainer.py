@@ -6,8 +6,8 @@ replaces: `__init__` (TRL refuses precomputed reference log-probs for image data
 the collator (`mpo.packing.PairCollator`: each image and prompt encoded once per pair, not twice) and `_compute_loss`
 (`mpo.loss.mpo_loss`, with BCO's running reward shift `delta`, which TRL >= 0.29 dropped).
 
-`delta` lives in the `RunningDelta` callback, an `ExportableState`: `Trainer` saves it in each checkpoint's
-`trainer_state.json` and we restore it on resume. Every rank folds in the same all-reduced batch mean, so it stays equal
+`delta` lives in the `RunningDelta` callback, a `common.checkpoints.CheckpointedState`: `Trainer` saves it in each
+checkpoint's `trainer_state.json` and it is restored on resume. Every rank folds in the same all-reduced batch mean, so it stays equal
 across ranks.
 """
 
@@ -20,18 +20,17 @@ import torch
 from accelerate.utils import is_peft_model
 from datasets import Dataset
 from transformers import ProcessorMixin, Trainer, TrainerCallback
-from transformers.trainer_callback import ExportableState
 from trl import DPOTrainer
 from trl.trainer.utils import disable_dropout_in_model
 
-from common.checkpoints import CompleteCheckpointsMixin
+from common.checkpoints import CheckpointedState, CompleteCheckpointsMixin
 from common.distributed import all_reduce_mean
 from mpo.config import MPOConfig
 from mpo.loss import mpo_loss, update_running_mean
 from mpo.packing import BlankImage, PairCollator, base_vlm, ensure_fused_lm_head, pair_logps
 
 
-class RunningDelta(TrainerCallback, ExportableState):
+class RunningDelta(CheckpointedState):
     """BCO's reward shift: the running mean of the per-step batch means of `beta * s` (starts at 0)."""
 
     def __init__(self, value: float = 0.0, steps: int = 0):
@@ -117,14 +116,6 @@ class MPOTrainer(CompleteCheckpointsMixin, DPOTrainer):
     def delta(self) -> RunningDelta:
         # `Trainer` replaces the callback object when it restores a checkpoint, so look it up each time.
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, RunningDelta))
-
-    def _load_callback_state(self) -> None:
-        # Runs when resuming. `Trainer` restores callback states only if `restore_callback_states_from_checkpoint`;
-        # delta is training state, not an option, so it is restored always.
-        super()._load_callback_state()
-        saved = self.state.stateful_callbacks.get(RunningDelta.__name__)
-        if saved and not self.args.restore_callback_states_from_checkpoint:
-            self.delta.value, self.delta.steps = saved["args"]["value"], saved["args"]["steps"]
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

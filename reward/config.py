@@ -81,6 +81,8 @@ class RewardConfig(VLTrainingFields, TrainingArguments):
     # Besides TrainingArguments' logging/saving/eval cadence fields: what a rerun may change and still resume
     # (common.run_folder). `on_bad_record`: a run that finished with "raise" had no bad record, so "skip" is the same.
     NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = ("on_bad_record",)
+    # Besides max_steps and num_train_epochs: the stages' own lengths may grow too (common.run_folder).
+    MAY_GROW: ClassVar[tuple[str, ...]] = ("stages.*.max_steps", "stages.*.num_train_epochs")
 
     model_name_or_path: str | None = field(
         default=None,

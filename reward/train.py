@@ -4,7 +4,9 @@
 `cfg.model_name_or_path`), trains it on its mixture with one forward per step for chosen and rejected together,
 evaluates `cfg.eval_datasets`, and exports `<output_dir>/<stage>/model` in the released Skywork-VL-Reward format.
 Run the same command again after a kill: finished stages are skipped and the current one resumes from its last
-checkpoint (`<output_dir>/<stage>/checkpoint-N`, written every `save_steps`).
+checkpoint (`<output_dir>/<stage>/checkpoint-N`, written every `save_steps`). A rerun with a longer stage (a larger
+`max_steps` or `num_train_epochs`, for the run or in `stages`) continues that stage from its final checkpoint and
+trains every later stage again from the new weights.
 
 Fail fast: the config is checked, then the data of the first stage to train and the evaluation data are read and
 checked, then `output_dir` is claimed, then the model loads. A later stage reads its data before loading its model.
@@ -13,6 +15,7 @@ checked, then `output_dir` is claimed, then the model loads. A later stage reads
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +26,10 @@ from transformers import ProcessorMixin, Trainer, set_seed
 
 from common.checkpoints import CompleteCheckpointsMixin
 from common.cli import write_run_meta
-from common.distributed import print0
+from common.distributed import barrier, is_main_process, print0
 from common.io import SkipLog
 from common.processor import load_processor
-from common.run_folder import claim_output_dir
+from common.run_folder import claim_output_dir, is_finished, release_output_dir
 from common.tracking import finish_wandb
 from common.vl_training import freeze_parts, lora_config, model_part
 from reward.collator import RewardCollator
@@ -203,8 +206,9 @@ def _release(trainer: Trainer) -> None:
     trainer.accelerator.free_memory()
 
 
-def stage_done(export: Path) -> bool:
-    return is_reward_checkpoint(export) and (export / SUMMARY_FILE).is_file()
+def stage_done(export: Path, args: RewardConfig) -> bool:
+    """Whether the stage exported at `export` finished at the length `args` (the stage's config) asks for."""
+    return is_reward_checkpoint(export) and (export / SUMMARY_FILE).is_file() and is_finished(export, args)
 
 
 def _claim_output_dir(cfg: RewardConfig) -> None:
@@ -229,20 +233,37 @@ def train_reward_model(cfg: RewardConfig, callbacks=()) -> Path:
     cfg.validate()
     stages = cfg.stage_configs()
     exports = [Path(cfg.output_dir) / stage.name / "model" for stage in stages]
-    todo, first = next((k for k, export in enumerate(exports) if not stage_done(export)), None), None
+    todo = next((k for k, (stage, export) in enumerate(zip(stages, exports))
+                 if not stage_done(export, cfg.for_stage(stage))), len(stages))  # fmt: skip
+    first = None
     # the first stage to train: its data is checked before the folder is claimed and before any model loads
-    if todo is not None:  # stage k starts from stage k-1's export (and its processor)
+    if todo < len(stages):  # stage k starts from stage k-1's export (and its processor)
         first = read_stage_data(cfg, stages[todo], str(exports[todo - 1]) if todo else cfg.model_name_or_path)
     _claim_output_dir(cfg)
     init_path = cfg.model_name_or_path
-    for stage, export in zip(stages, exports):
-        if stage_done(export):
+    for i, (stage, export) in enumerate(zip(stages, exports)):
+        if i < todo:  # every stage from the first unfinished one on trains (again) from the new weights
             print0(f"[reward] stage {stage.name} already done: {export}")
         else:
+            _drop_later_stages(cfg, stages[i + 1 :])
             data = first if first is not None and first.stage == stage else read_stage_data(cfg, stage, init_path)
             first = None
             export, _ = _train_stage(cfg, data, init_path, callbacks)
         init_path = str(export)
     if "wandb" in (cfg.report_to or []):
         finish_wandb()
+    release_output_dir(cfg.output_dir)
     return Path(init_path)
+
+
+def _drop_later_stages(cfg: RewardConfig, later: list[StageConfig]) -> None:
+    """Before a stage trains, delete what the stages after it hold: they started from its old weights (a rerun that
+    made this stage longer). The last first, so a kill half way leaves no later stage that looks done."""
+    for stage in reversed(later):
+        folder = Path(cfg.output_dir) / stage.name
+        if folder.exists():
+            print0(f"[reward] stage {stage.name}: removing {folder}, trained from the earlier stage's old weights")
+            barrier()
+            if is_main_process():
+                shutil.rmtree(folder)
+            barrier()

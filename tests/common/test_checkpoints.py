@@ -1,6 +1,10 @@
-"""`common.checkpoints`: strict weight loading through the checkpoint key mapping, and completeness checks."""
+"""`common.checkpoints`: strict weight loading through the checkpoint key mapping (DeepSpeed + LoRA keys too),
+completeness checks, node-local completion markers, newest and rotation by step number."""
 
 import json
+import os
+import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +17,7 @@ from common.checkpoints import (
     COMPLETE_FILE,
     CheckpointWriteError,
     CompleteCheckpointsMixin,
+    check_deepspeed_module_keys,
     checkpoint_key_names,
     incomplete_reason,
     last_complete_checkpoint,
@@ -134,3 +139,77 @@ def test_rewriting_a_checkpoint_unmarks_it_first(tmp_path):
         _SavingTrainer(tmp_path, step=4)._save_checkpoint(None, None)
     assert incomplete_reason(old) == f"no {COMPLETE_FILE}: the run stopped while writing it"
     assert last_complete_checkpoint(tmp_path) is None
+
+
+class _SavingAll:
+    def _save_checkpoint(self, model, trial):  # writes the whole checkpoint
+        folder = self._get_output_dir(trial) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(exist_ok=True)
+        (folder / "optimizer.pt").write_bytes(b"x" * self.state.global_step)
+
+
+class _NodeTrainer(CompleteCheckpointsMixin, _SavingAll):
+    """A node's local rank 0 (not global rank 0 unless `should_save`), saving with `save_total_limit`."""
+
+    def __init__(self, output_dir, step, limit=None, should_save=False):
+        self.args = SimpleNamespace(output_dir=str(output_dir), save_total_limit=limit, should_save=should_save,
+                                    local_process_index=0)  # fmt: skip
+        self.state = SimpleNamespace(global_step=step, best_model_checkpoint=None)
+        self.accelerator = SimpleNamespace(wait_for_everyone=lambda: None)
+
+    def _get_output_dir(self, trial):
+        return Path(self.args.output_dir)
+
+
+def test_each_nodes_local_rank_0_marks_what_it_holds(tmp_path):
+    """On a node without a shared filesystem, its local rank 0 (not the global rank 0) vouches for its files."""
+    _NodeTrainer(tmp_path, step=2, should_save=False)._save_checkpoint(None, None)
+    assert incomplete_reason(tmp_path / "checkpoint-2") is None
+    assert json.loads((tmp_path / "checkpoint-2" / COMPLETE_FILE).read_text()) == {"files": {"optimizer.pt": 2}}
+
+
+def test_newest_and_rotation_go_by_step_number_not_mtime(tmp_path):
+    for step in (2, 4, 6):
+        _NodeTrainer(tmp_path, step, should_save=True)._save_checkpoint(None, None)
+    future = time.time() + 3600
+    os.utime(tmp_path / "checkpoint-2", (future, future))  # an old checkpoint touched (copied, rewritten, restored)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+    _NodeTrainer(tmp_path, step=8, limit=2, should_save=True)._save_checkpoint(None, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
+
+
+@pytest.fixture()
+def lora_policy(tiny_vlm_path):
+    from peft import get_peft_model
+
+    from common.vl_training import lora_config
+    from mpo.config import MPOConfig
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_path)
+    return get_peft_model(model, lora_config(MPOConfig(output_dir="o", use_cpu=True, use_lora=True, lora_r=2)))
+
+
+def _deepspeed_checkpoint(folder: Path, module: dict) -> Path:
+    """The files `save_checkpoint` writes that matter here: `latest` and the tag's rank-0 model states."""
+    (folder / "global_step2").mkdir(parents=True)
+    (folder / "latest").write_text("global_step2")
+    torch.save({"module": module}, folder / "global_step2" / "mp_rank_00_model_states.pt")
+    return folder
+
+
+def test_a_deepspeed_lora_checkpoint_must_hold_exactly_the_trainable_keys(lora_policy, tmp_path):
+    """DeepSpeed saves a PEFT model without its frozen weights and the Trainer loads it with load_module_strict=False;
+    the keys are checked first: a missing or extra key is refused by name, the right ones pass."""
+    frozen = {n for n, p in lora_policy.named_parameters() if not p.requires_grad}
+    kept = {k: v for k, v in lora_policy.state_dict().items() if k not in frozen}
+    assert any(".lora_A." in k for k in kept) and len(kept) < len(lora_policy.state_dict())
+    check_deepspeed_module_keys(lora_policy, _deepspeed_checkpoint(tmp_path / "good", kept))
+    lora_key = next(k for k in kept if ".lora_B." in k)
+    bad = {**{k: v for k, v in kept.items() if k != lora_key}, "base_model.model.extra.weight": torch.zeros(1)}
+    trainer = _Trainer(tmp_path / "bad")
+    trainer.is_deepspeed_enabled, trainer.model = True, lora_policy
+    _deepspeed_checkpoint(tmp_path / "bad" / "checkpoint-2", bad)
+    mark_complete(tmp_path / "bad" / "checkpoint-2")
+    with pytest.raises(KeyError, match=rf"1 missing key\(s\) \['{re.escape(lora_key)}'\].*1 unexpected key\(s\) "
+                                       r"\['base_model.model.extra.weight'\]"):  # fmt: skip
+        trainer.train(True)

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from common.cli import parse_configs
 from common.io import read_records
-from common.run_folder import RunFolderError
+from common.run_folder import LOCK_FILE, RunFolderError
 from common.schema import message_text
 from data_builders.reward_data.config import BenchmarkSpec, RewardDataConfig, SourceSpec, StageSpec
 from data_builders.reward_data.decontam import BenchmarkIndex
@@ -258,10 +258,12 @@ def test_bad_config_lists_every_problem(tmp_path):
 
 
 def tree_digest(out: Path) -> dict[str, str]:
-    """sha256 of every file the job leaves but run_meta.json and run_config.json (they record the settings, run-only
-    ones such as num_proc and output_dir included); in stages.yaml/json the output_dir is replaced first."""
+    """sha256 of every file the job leaves but run_meta.json, run_config.json (they record the settings, run-only
+    ones such as num_proc and output_dir included) and the run's lock (its holder's PID); in stages.yaml/json the
+    output_dir is replaced first."""
     digest = {}
-    for p in sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("run_meta.json", "run_config.json")):
+    for p in sorted(p for p in out.rglob("*") if p.is_file() and p.name not in ("run_meta.json", "run_config.json",
+                                                                                LOCK_FILE)):  # fmt: skip
         data = p.read_bytes()
         if p.name in ("stages.yaml", "stages.json"):
             data = data.replace(str(out).encode(), b"<out>")

@@ -7,13 +7,14 @@ import pytest
 from transformers import AutoModelForImageTextToText
 
 from common.io import read_records, write_records
+from common.run_folder import LOCK_FILE, RunFolderError
 from common.vl_training import freeze_parts
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
 from tests.resume import KillAtStep, LossLog, max_weight_diff
 
 
-def test_train_mpo_in_process(tiny_vlm_path, toy_data, tmp_path, monkeypatch):
+def test_train_mpo_in_process(tiny_vlm_path, toy_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     data = tmp_path / "pairs.jsonl"
@@ -38,8 +39,11 @@ def test_train_mpo_in_process(tiny_vlm_path, toy_data, tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     AutoModelForImageTextToText.from_pretrained(out)
-    with pytest.raises(ValueError, match="holds a finished run"):  # never overwritten unless resuming
-        train_mpo(cfg)
+    before, log = _files(out), LossLog()
+    assert train_mpo(cfg, callbacks=[log]) == out  # the finished run again: nothing to do
+    after = _files(out)
+    assert log.losses == {} and {k for k in after if after[k] != before.get(k)} == {LOCK_FILE}  # no step, no write
+    assert "holds this finished run: nothing to do" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -123,3 +127,38 @@ def test_read_only_data_long_duplicate_and_identical_pairs(tiny_vlm_path, toy_da
         "rejected: the same text as chosen": 1,
     }
     assert any("'same' (#5), field 'rejected'" in e for e in meta["flagged"]["examples"])
+
+
+def test_grown_and_killed_runs_equal_the_uninterrupted_run_eval_history_included(tiny_vlm_path, toy_data, tmp_path):
+    """A finished 2-step run rerun with max_steps 4 continues from its final checkpoint, and a run killed after step 3
+    resumes from checkpoint-2: both log steps 3 and 4 with the uninterrupted 4-step run's losses, end on its weights,
+    and keep its whole evaluation history (steps 0, 2, 4: the evaluations before the resume come from the checkpoint).
+    A shorter max_steps is refused."""
+
+    def cfg(name, steps=4):
+        return MPOConfig(output_dir=str(tmp_path / name), use_cpu=True, bf16=False, model_name_or_path=str(tiny_vlm_path),
+                         train_data=str(toy_data["pairs_train"]), ref_logps_dir=str(tmp_path / "ref"), max_steps=steps,
+                         per_device_train_batch_size=4, learning_rate=1e-3, lr_scheduler_type="constant",
+                         logging_steps=1, save_strategy="steps", save_steps=2, gradient_checkpointing=False,
+                         report_to="none", eval_pairs=str(toy_data["pairs_eval"]), eval_every_n_steps=2)  # fmt: skip
+
+    full, grown, resumed = LossLog(), LossLog(), LossLog()
+    train_mpo(cfg("full"), callbacks=[full])
+    train_mpo(cfg("grown", steps=2))
+    train_mpo(cfg("grown"), callbacks=[grown])
+    with pytest.raises(KeyboardInterrupt):
+        train_mpo(cfg("killed"), callbacks=[KillAtStep(3)])
+    train_mpo(cfg("killed"), callbacks=[resumed])
+    history = json.loads((tmp_path / "full/mpo_history.json").read_text())
+    assert [e["step"] for e in history["eval"]] == [0, 2, 4]
+    for name, log in (("grown", grown), ("killed", resumed)):
+        assert sorted(log.losses) == [3, 4], name
+        for step in (3, 4):
+            assert log.losses[step] == pytest.approx(full.losses[step], abs=1e-6), (name, step)
+        assert max_weight_diff(tmp_path / name, tmp_path / "full") <= 1e-6, name
+        other = json.loads((tmp_path / name / "mpo_history.json").read_text())
+        assert [e["step"] for e in other["eval"]] == [0, 2, 4], name
+        for mine, theirs in zip(other["eval"], history["eval"]):
+            assert mine == pytest.approx(theirs, abs=1e-6), (name, mine["step"])
+    with pytest.raises(RunFolderError, match=r"max_steps: 4 -> 2 \(the training length may grow, never shrink\)"):
+        train_mpo(cfg("grown", steps=2))

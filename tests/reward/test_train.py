@@ -223,3 +223,34 @@ def test_margins_bounded_and_suspicious_pairs_counted_in_the_summary(tiny_vlm_pa
     assert (
         f"record 'same' (#5), field 'rejected': the same text as chosen (in {path})" in summary["flagged"]["examples"]
     )
+
+
+def test_a_finished_run_is_a_no_op_and_a_longer_stage_continues_it(tiny_vlm_path, toy_data, tmp_path):
+    """Two stages. Rerun unchanged: nothing trains. Stage s1 grown from 2 to 4 steps: s1 continues from its final
+    checkpoint (steps 3 and 4 logged) and s2 trains again from the new s1; both equal the uninterrupted run's losses
+    and exports. Shrinking s1 back is refused."""
+
+    def stages(s1_steps):
+        data = {str(toy_data["pairs_train"]): 0.25}
+        return [{"name": "s1", "datasets": data, "max_steps": s1_steps},
+                {"name": "s2", "datasets": data, "max_steps": 1, "learning_rate": 1e-4}]  # fmt: skip
+
+    kw = dict(lr_scheduler_type="constant")
+    full, again, grown = LossLog(), LossLog(), LossLog()
+    train_reward_model(_config(tmp_path / "full", tiny_vlm_path, stages(4), **kw), callbacks=[full])
+    short = _config(tmp_path / "grown", tiny_vlm_path, stages(2), **kw)
+    export = train_reward_model(short)
+    before = load_file(export / "model.safetensors")
+    train_reward_model(short, callbacks=[again])
+    assert again.losses == {}  # finished: no step
+    assert all(torch.equal(v, load_file(export / "model.safetensors")[k]) for k, v in before.items())
+    train_reward_model(_config(tmp_path / "grown", tiny_vlm_path, stages(4), **kw), callbacks=[grown])
+    s1 = json.loads((tmp_path / "grown/run/s1/model" / SUMMARY_FILE).read_text())
+    assert s1["resumed_from"].endswith("checkpoint-2") and s1["metrics"]["global_step"] == 4
+    assert sorted(grown.losses) == [1, 3, 4]  # s1's steps 3 and 4, then s2's step 1
+    for step in (1, 3, 4):
+        assert grown.losses[step] == pytest.approx(full.losses[step], abs=1e-6), step
+    for stage in ("s1", "s2"):
+        assert max_weight_diff(tmp_path / f"grown/run/{stage}/model", tmp_path / f"full/run/{stage}/model") <= 1e-6
+    with pytest.raises(ValueError, match=r"the training length may grow, never shrink"):
+        train_reward_model(short)

@@ -4,9 +4,13 @@ Each launcher run costs ~15-40 s, so each one checks several things at once.
 """
 
 import json
+import re
+import shutil
 
 import pytest
+import torch
 
+from common.checkpoints import mark_complete
 from tests.launch import REPO, run_deepspeed
 from tests.resume import max_weight_diff
 from tests.reward.conftest import check_export
@@ -92,7 +96,8 @@ def test_zero2_two_ranks_recipe_counts_skips_and_logs_to_wandb(tiny_vlm_path, di
 @pytest.mark.parametrize("zero, lora", [("zero2", False), ("zero3", True)])
 def test_one_rank_resume_equals_uninterrupted(zero, lora, tiny_vlm_path, toy_data, tmp_path, monkeypatch):
     """One process, uninterrupted vs killed after step 3 and rerun: steps 3 and 4 give the same losses and the exports
-    the same weights. The ZeRO-3 run trains LoRA adapters, whose export merges them from the gathered shards."""
+    the same weights. The ZeRO-3 run trains LoRA adapters, whose export merges them from the gathered shards; its
+    checkpoint loads strictly (a copy with one adapter key swapped for another is refused, naming both)."""
     stages = [{"name": "s1", "datasets": {str(toy_data["pairs_train"]): 0.25}, "max_steps": 4}]
     losses = {}
     for run, name, kill in (("full", "full", None), ("killed", "killed", "3"), ("resumed", "killed", None)):
@@ -103,6 +108,8 @@ def test_one_rank_resume_equals_uninterrupted(zero, lora, tiny_vlm_path, toy_dat
             monkeypatch.setenv("KILL_AT_STEP", kill)
             with pytest.raises(AssertionError, match="rc="):
                 run_deepspeed(SCRIPT, args, nprocs=1)
+            if lora:
+                _refuses_a_checkpoint_with_a_wrong_key(tmp_path, args)
         else:
             monkeypatch.delenv("KILL_AT_STEP", raising=False)
             run_deepspeed(SCRIPT, args, nprocs=1)
@@ -116,3 +123,21 @@ def test_one_rank_resume_equals_uninterrupted(zero, lora, tiny_vlm_path, toy_dat
     resumed = json.loads((tmp_path / "killed/s1/model/stage_summary.json").read_text())
     assert resumed["resumed_from"].endswith("checkpoint-2")
     assert max_weight_diff(tmp_path / "killed/s1/model", tmp_path / "full/s1/model") <= 1e-6
+
+
+def _refuses_a_checkpoint_with_a_wrong_key(tmp_path, args):
+    """A copy of the killed LoRA run whose DeepSpeed checkpoint lacks one adapter weight and has an extra one: the
+    rerun is refused naming both (the Trainer alone would load it with load_module_strict=False)."""
+    copy = tmp_path / "wrong-key"
+    shutil.copytree(tmp_path / "killed", copy)
+    checkpoint = copy / "s1/checkpoint-2"
+    (states,) = (checkpoint / "global_step2").glob("*model_states.pt")
+    saved = torch.load(states, map_location="cpu", weights_only=False)
+    dropped = next(k for k in saved["module"] if ".lora_B." in k)
+    saved["module"]["base_model.model.extra.weight"] = saved["module"].pop(dropped)
+    torch.save(saved, states)
+    mark_complete(checkpoint)  # complete, so only the keys are wrong
+    args = [str(copy) if a == str(tmp_path / "killed") else a for a in args]
+    with pytest.raises(AssertionError, match=rf"missing key\(s\) \['{re.escape(dropped)}'\].*unexpected key\(s\) "
+                                             r"\['base_model.model.extra.weight'\]"):  # fmt: skip
+        run_deepspeed(SCRIPT, args, nprocs=1)
