@@ -34,14 +34,18 @@ pairs (VLFeedback with `pairs: all`).
 from __future__ import annotations
 
 import json
+import random
 import re
 import tarfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from common.io import iter_raw_rows
+import pyarrow as pa
+
+from common.io import BAD_JSON, iter_raw_rows
 from common.schema import RecordError
 from data_builders.sources import as_list, first_of, user_messages
 
@@ -121,10 +125,24 @@ def _rating(completion: Mapping, aspects: tuple[str, ...], ref: str, k: int) -> 
     return sum(values) / len(values)
 
 
+def _completions(value: Any, ref: str) -> Any:
+    """VLFeedback's completions as a list of dicts. The hub's Parquet snapshot stores them as `datasets` stores a
+    `Sequence` of a struct: one struct of equal-length lists (`{"annotations": [...], "model": [...],
+    "response": [...]}`), which `datasets` also decodes that way; the JSONL layout has a list of dicts."""
+    if not isinstance(value, Mapping):
+        return value
+    lists = {k: v for k, v in value.items() if v is not None}
+    if not all(isinstance(v, list) for v in lists.values()) or len({len(v) for v in lists.values()}) > 1:
+        raise RecordError(ref, "completions", "a struct of lists of unequal lengths",
+                          ", ".join(f"{k}: {len(v) if isinstance(v, list) else type(v).__name__}"
+                                    for k, v in lists.items()))  # fmt: skip
+    return [dict(zip(lists, values)) for values in zip(*lists.values())]
+
+
 def _vlfeedback(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
     aspects = tuple(opts.get("aspects", VLFEEDBACK_ASPECTS))
     min_gap, mode = float(opts.get("min_gap", 1.0)), opts.get("pairs", "best_vs_worst")
-    completions = row.get("completions")
+    completions = _completions(row.get("completions"), ref)
     if not isinstance(completions, list) or len(completions) < 2:
         raise RecordError(ref, "completions", "fewer than two completions")
     rated = [(_rating(c, aspects, ref, k), _text(c.get("response"), ref, f"completions[{k}].response"), c.get("model"))
@@ -138,7 +156,8 @@ def _vlfeedback(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -
     if not pairs:
         problem = "all ratings equal" if rated[order[0]][0] == rated[order[-1]][0] else f"no rating gap >= {min_gap}"
         raise RecordError(ref, "completions", problem)
-    images = [resolve(im, ref, "img_path") for im in as_list(row.get("img_path"))]
+    field = "image" if row.get("image") is not None else "img_path"
+    images = [resolve(im, ref, field) for im in as_list(row.get(field))]
     prompt = user_messages(row.get("prompt"), len(images), ref, "prompt")
     return [_pair(prompt, images, rated[a][1], rated[b][1], original_id=row.get("id"), chosen_rating=rated[a][0],
                   rejected_rating=rated[b][0], chosen_model=rated[a][2], rejected_model=rated[b][2])
@@ -148,8 +167,11 @@ def _vlfeedback(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -
 _ANSWER = r"(?:Assistant|Answer|Response)?\s*{k}(?:'s)?\s*(?:Answer|Response)?"
 _QUESTION = re.compile(r"\[Question\]\s*(.*?)\s*\[The Start of", re.S)
 _VERDICT = re.compile(r"\b(?:Answer|Response|Assistant)\s*(1|2|A|B)\b(?:'s answer)?\s+is\s+(?:better|preferred|superior)"
-                      r"|\[\[(A|B)\]\]", re.I)  # fmt: skip
+                      r"|\[\[(A|B)\]\]|The better response:\s*\[(first|second|1|2)\]", re.I)  # fmt: skip
 _TIE = re.compile(r"\b(?:equally (?:good|bad|helpful)|a tie|tie\b)|\[\[C\]\]", re.I)
+# the published pairwise wording: `Question: [...]`, `The first response: [...]`, `The second response: [...]`
+_BRACKETED = ("Question: [", "The first response: [", "The second response: [")
+_POINTWISE = re.compile(r"\bresponse:\s*\[", re.I)
 
 
 def _critic_answer(prompt: str, k: str, ref: str) -> str:
@@ -161,18 +183,37 @@ def _critic_answer(prompt: str, k: str, ref: str) -> str:
     return _text(m.group(1), ref, f"answer {k}")
 
 
+def _bracketed(text: str) -> str:
+    """`text` without the `]` that closes its bracket (and anything after it, such as `ASSISTANT:`)."""
+    end = text.rfind("]")
+    return text[:end] if end >= 0 else text
+
+
+def _critic_parts(prompt: str, ref: str) -> tuple[str, dict[str, str]]:
+    """(question, {"1": first answer, "2": second answer}) of a pairwise judge prompt, in either wording."""
+    starts = [prompt.find(marker) for marker in _BRACKETED]
+    if all(i >= 0 for i in starts) and starts == sorted(starts):
+        pieces = [prompt[i + len(m) : j] for i, m, j in zip(starts, _BRACKETED, [*starts[1:], len(prompt)])]
+        question, first, second = (_bracketed(piece).strip() for piece in pieces)
+        return question, {"1": _text(first, ref, "answer 1"), "2": _text(second, ref, "answer 2")}
+    question = _QUESTION.search(prompt)
+    if question:
+        return question.group(1), {k: _critic_answer(prompt, k, ref) for k in ("1", "2")}
+    if _POINTWISE.search(prompt) and "second response" not in prompt.lower():
+        raise RecordError(ref, "conversations", "a pointwise judgement (one response): no pair")
+    raise RecordError(ref, "conversations", "no question in the judge prompt (neither 'Question: [' nor '[Question]')")
+
+
 def _llava_critic(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
     conv = row.get("conversations")
     if not isinstance(conv, list) or len(conv) < 2 or not all(isinstance(t, Mapping) for t in conv):
         raise RecordError(ref, "conversations", "expected a human turn and a gpt turn")
     prompt, judgement = str(conv[0].get("value") or ""), str(conv[-1].get("value") or "")
-    question = _QUESTION.search(prompt)
-    if not question or not question.group(1).replace("<image>", "").strip():
-        raise RecordError(ref, "conversations", "no [Question] in the judge prompt")
-    answers = {k: _critic_answer(prompt, k, ref) for k in ("1", "2")}
-    verdicts = {
-        ("1" if (m.group(1) or m.group(2)).upper() in ("1", "A") else "2") for m in _VERDICT.finditer(judgement)
-    }
+    question, answers = _critic_parts(prompt, ref)
+    if not question.replace("<image>", "").strip():
+        raise RecordError(ref, "conversations", "the question in the judge prompt is empty")
+    verdicts = {("1" if next(g for g in m.groups() if g).lower() in ("1", "a", "first") else "2")
+                for m in _VERDICT.finditer(judgement)}  # fmt: skip
     if not verdicts and _TIE.search(judgement):
         raise RecordError(ref, "conversations", "the judgement is a tie")
     if len(verdicts) != 1:
@@ -181,7 +222,7 @@ def _llava_critic(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping)
         )
     better = verdicts.pop()
     images = [resolve(im, ref, "image") for im in as_list(row.get("image"))]
-    messages = user_messages(question.group(1), len(images), ref, "conversations")
+    messages = user_messages(question, len(images), ref, "conversations")
     return [_pair(messages, images, answers[better], answers["2" if better == "1" else "1"], original_id=row.get("id"),
                   origin=row.get("source"))]  # fmt: skip
 
@@ -204,7 +245,7 @@ def _skywork(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> l
 
 def _mmpr(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
     return [_question_pair(row, ref, as_list(row.get("image")), "question", resolve, original_id=row.get("id"),
-                           origin=opts.get("_subset"))]  # fmt: skip
+                           origin=opts.get("_subset"), repeat=opts.get("_repeat"))]  # fmt: skip
 
 
 def _mapping(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
@@ -235,26 +276,132 @@ CONVERTERS: dict[str, Callable[[Mapping, str, ImageResolver, Mapping], list[dict
 }  # fmt: skip
 
 
-def _mmpr_tables(meta_path: Path, image_root: str | None) -> Iterator[tuple[str, Path, Path]]:
-    """(subset name, annotation JSONL, image root) for every entry of MMPR's `meta.json`."""
-    meta = json.loads(meta_path.read_text())
+# The columns each format reads (a file lacking one is probably of another format: `column_problem` says so).
+EXPECTED_COLUMNS = {"rlaif_v": ("question", "chosen", "rejected"), "vlfeedback": ("prompt", "completions"),
+                    "llava_critic": ("conversations",), "skywork": ("chosen", "rejected"),
+                    "mmpr": ("question", "chosen", "rejected"), "preference": ("prompt", "chosen", "rejected")}  # fmt: skip
+
+
+class SourceError(ValueError):
+    """A source as a whole cannot be read (missing, empty, of another format); the message names source and path."""
+
+
+def column_problem(fmt: str, options: Mapping, columns: list[str]) -> str | None:
+    """Why a file with these columns does not look like `fmt` (with a guess at its format), or None."""
+    if fmt == "mapping":
+        cols = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", **(options.get("columns") or {})}
+        expected = tuple(cols[k] for k in ("prompt", "chosen", "rejected"))
+    else:
+        expected = EXPECTED_COLUMNS[fmt]
+    if all(c in columns for c in expected):
+        return None
+    guesses = sorted((f for f, cols in EXPECTED_COLUMNS.items() if f != fmt and all(c in columns for c in cols)),
+                     key=lambda f: -len(EXPECTED_COLUMNS[f]))  # fmt: skip
+    hint = f": is this format {guesses[0]}?" if guesses else ""
+    return f"columns {', '.join(expected)} expected; found {', '.join(columns)}{hint}"
+
+
+def _file_problem(path: Path) -> str | None:
+    """What makes a file unreadable before any row is read: missing, empty, or a `.parquet` that is not Parquet."""
+    if not path.exists():
+        return "does not exist"
+    files = [path] if path.is_file() else []
+    if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        files = sorted(path.rglob("*.parquet"))
+    for f in files:
+        size = f.stat().st_size
+        parquet = f.suffix == ".parquet"
+        if size == 0:
+            return f"{f.name if f != path else 'the file'}: not a Parquet file (0 bytes)" if parquet else "empty (0 bytes)"
+        if parquet:
+            with open(f, "rb") as fh:
+                head = fh.read(4)
+            if head != b"PAR1":
+                return f"{f.name if f != path else 'the file'}: not a Parquet file (it starts with {head!r}, not b'PAR1')"
+    return None
+
+
+def _rows(path: Path, where: str) -> Iterator[dict]:
+    """`iter_raw_rows(path)`, a problem of the file itself raised as a `SourceError` naming `where` and the path."""
+    problem = _file_problem(path)
+    if problem:
+        raise SourceError(f"{where}: {path}: {problem}")
+    try:
+        yield from iter_raw_rows(path)
+    except (OSError, UnicodeDecodeError, ValueError, pa.ArrowException) as e:
+        if isinstance(e, RecordError):
+            raise
+        raise SourceError(f"{where}: {path}: cannot be read as a table ({type(e).__name__}: {e})") from e
+
+
+def _mmpr_entries(meta_path: Path, where: str) -> dict[str, Mapping]:
+    """MMPR's `meta.json`: {entry name: {`root`, `annotation`, `repeat_time`, `data_augment`, `length`}}."""
+    if meta_path.is_dir() or meta_path.suffix != ".json":
+        raise SourceError(f"{where}: {meta_path}: the mmpr format reads MMPR's meta.json ({{name: {{root, "
+                          f"annotation, repeat_time, ...}}}}), not a {'folder' if meta_path.is_dir() else meta_path.suffix or 'file'}")  # fmt: skip
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"{where}: {meta_path}: not MMPR's meta.json ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or not meta:
+        raise SourceError(f"{where}: {meta_path}: not MMPR's meta.json (expected a non-empty mapping of entries)")
     for name, entry in meta.items():
+        missing = [k for k in ("root", "annotation") if not isinstance(entry, Mapping) or k not in entry]
+        if missing:
+            raise SourceError(f"{where}: {meta_path}: entry {name!r} has no {' or '.join(missing)}")
+        repeat = entry.get("repeat_time", 1)
+        if isinstance(repeat, bool) or not isinstance(repeat, int | float) or repeat < 0:
+            raise SourceError(f"{where}: {meta_path}: entry {name!r}: repeat_time={repeat!r} must be a number >= 0")
+    return meta
+
+
+def repeat_plan(n_rows: int, repeat_time: float, seed: int, name: str) -> tuple[int, list[int]]:
+    """(full passes, rows of the extra partial pass) for an MMPR entry of `n_rows` rows, as InternVL reads
+    `repeat_time`: its integer part repeats every row (pass 0 is the original), its fractional part adds a pass over
+    `round(frac * n_rows)` rows drawn by `random.Random(f"{seed}/{name}")` (the same for a seed and entry), in file
+    order. `0.25` reads a seeded quarter of the rows; `2.5` every row twice and a seeded half a third time."""
+    whole = int(repeat_time)
+    k = round((repeat_time - whole) * n_rows)
+    return whole, sorted(random.Random(f"{seed}/{name}").sample(range(n_rows), k)) if k else []
+
+
+def _mmpr_rows(meta_path: Path, image_root: str | None, seed: int, where: str) -> Iterator[tuple[dict, Callable]]:
+    for name, entry in _mmpr_entries(meta_path, where).items():
         resolve = lambda p: Path(p) if Path(p).is_absolute() else meta_path.parent / p  # noqa: E731
-        root = Path(image_root) / entry["root"] if image_root else resolve(entry["root"])
-        yield name, resolve(entry["annotation"]), root
+        resolver = ImageResolver(Path(image_root) / entry["root"] if image_root else resolve(entry["root"]))
+        annotation, entry_where = resolve(entry["annotation"]), f"{where} (meta.json entry {name!r})"
+        if entry.get("data_augment"):
+            warnings.warn(f"{where}: {meta_path}: entry {name!r} has data_augment: true, an image augmentation InternVL "
+                          "applies while training; the pairs are read as they are", UserWarning, stacklevel=3)  # fmt: skip
+        repeat = float(entry.get("repeat_time", 1))
+        n_rows = sum(1 for _ in _rows(annotation, entry_where)) if repeat != 1 else 0
+        whole, sampled = repeat_plan(n_rows, repeat, seed, name) if repeat != 1 else (1, [])
+        for copy in range(whole + bool(sampled)):  # streamed once per pass: no annotation file is held in memory
+            convert = _bind("mmpr", resolver, {"_subset": name, **({"_repeat": copy} if copy else {})})
+            wanted = set(sampled) if copy == whole else None
+            for i, row in enumerate(_rows(annotation, entry_where)):
+                if wanted is None or i in wanted:
+                    yield row, convert
 
 
-def iter_source_rows(fmt: str, path: str | Path, image_root: str | None = None) -> Iterator[tuple[dict, Callable]]:
-    """(raw row, converter bound to its image resolver and options) for every row of a source, in file order."""
+def iter_source_rows(fmt: str, path: str | Path, image_root: str | None = None, options: Mapping | None = None,
+                     seed: int = 0, where: str = "source") -> Iterator[tuple[dict, Callable]]:  # fmt: skip
+    """(raw row, converter bound to its image resolver and options) for every row of a source, in file order.
+
+    Raises `SourceError` (naming `where`, e.g. `sources[vlfeedback].path`, and the file) for a file that cannot be
+    read; warns when the first row's columns are not the ones `fmt` reads."""
     path = Path(path)
-    if fmt == "mmpr":
-        for name, annotation, root in _mmpr_tables(path, image_root):
-            convert = _bind(fmt, ImageResolver(root), {"_subset": name})
-            for row in iter_raw_rows(annotation):
-                yield row, convert
-        return
-    convert = _bind(fmt, ImageResolver(image_root or (path if path.is_dir() else path.parent)), {})
-    for row in iter_raw_rows(path):
+    rows = _mmpr_rows(path, image_root, seed, where) if fmt == "mmpr" else None
+    if rows is None:
+        convert = _bind(fmt, ImageResolver(image_root or (path if path.is_dir() else path.parent)), {})
+        rows = ((row, convert) for row in _rows(path, where))
+    first = True
+    for row, convert in rows:
+        if first and BAD_JSON not in row:
+            problem = column_problem(fmt, options or {}, list(row))
+            if problem:
+                warnings.warn(f"{where}: {path}: {problem}", UserWarning, stacklevel=2)
+            first = False
         yield row, convert
 
 
