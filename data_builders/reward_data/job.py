@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
+from common.config_checks import raise_problems
 from common.distributed import resolve_device
 from common.io import check_row_parsed, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
@@ -47,9 +49,17 @@ from data_builders.reward_data.config import RewardDataConfig, SourceSpec
 from data_builders.reward_data.decontam import BenchmarkIndex
 from data_builders.reward_data.dedup import DedupIndex, image_keys, messages_text, pair_keys
 from data_builders.reward_data.filtering import SurrogateFilter, ambiguous_reason
+from data_builders.reward_data.hub import source_files
 from data_builders.reward_data.mixing import plan_stage
 from data_builders.reward_data.readers import iter_source_rows
-from data_builders.reward_data.report import add_chunk_stats, log_to_wandb, new_total, write_report
+from data_builders.reward_data.report import (
+    MAX_EXAMPLES,
+    add_chunk_stats,
+    log_to_wandb,
+    new_total,
+    source_problems,
+    write_report,
+)
 
 STEPS = ("read", "validate", "ambiguous", "images", "decontaminate", "exact_dedup", "near_dedup", "surrogate")
 _MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.List(
@@ -62,10 +72,12 @@ FEATURES = datasets.Features({
 })  # fmt: skip
 
 
-def iter_rows(sources: list[SourceSpec]) -> Iterator[tuple[SourceSpec, int, dict, Any]]:
-    """(source, row index within the source, raw row, converter) over all sources in config order, streamed."""
+def iter_rows(sources: list[SourceSpec], seed: int = 0) -> Iterator[tuple[SourceSpec, int, dict, Any]]:
+    """(source, row index within the source, raw row, converter) over all sources in config order, streamed; local
+    paths or hub ids (`hub.source_files`)."""
     for spec in sources:
-        rows = iter_source_rows(spec.format, spec.path, spec.image_root)
+        path, image_root = source_files(spec)
+        rows = iter_source_rows(spec.format, path, image_root, spec.options, seed, f"sources[{spec.name}].path")
         for index, (row, convert) in enumerate(itertools.islice(rows, spec.max_rows)):
             yield spec, index, row, convert
 
@@ -75,6 +87,7 @@ class _Stats:
 
     def __init__(self):
         self.data: dict[str, Any] = {"rows": 0, "sources": {}, "decontaminated": [], "flagged": {}, "kept": [],
+                                     "examples": {},
                                      "hist": {"prompt_words": [], "response_words": [], "image_width": [],
                                               "image_height": []}}  # fmt: skip
 
@@ -86,10 +99,15 @@ class _Stats:
         st = self.step(source, step)
         st["in"], st["out"] = st["in"] + n_in, st["out"] + n_out
 
-    def dropped(self, source: str, step: str, reason: str) -> None:
+    def dropped(self, source: str, step: str, reason: str, example: str | None = None) -> None:
+        """Count one drop; `example` (the error, naming the row) is kept for the first `MAX_EXAMPLES` per reason."""
         st = self.step(source, step)
         st["in"] += 1
         st["dropped"][reason] = st["dropped"].get(reason, 0) + 1
+        if example is not None:
+            kept = self.data["examples"].setdefault(source, {}).setdefault(reason, [])
+            if len(kept) < MAX_EXAMPLES:  # without object addresses (`<_io.BytesIO object at 0x...>`): a rerun
+                kept.append(re.sub(r" at 0x[0-9a-f]+", "", example)[:300])  # writes the same statistics
 
 
 class Pipeline:
@@ -116,7 +134,7 @@ class Pipeline:
                 check_row_parsed(row, index)
                 pairs = convert(row, repr(rid), spec.options)
             except RecordError as e:
-                stats.dropped(spec.name, "read", e.reason)
+                stats.dropped(spec.name, "read", e.reason, str(e))
                 continue
             stats.passed(spec.name, "read", 1, len(pairs))
             for k, rec in enumerate(pairs):
@@ -125,7 +143,7 @@ class Pipeline:
                 try:
                     rec = {**validate_preference_record(rec, index=index), "meta": meta}
                 except RecordError as e:
-                    stats.dropped(spec.name, "validate", e.reason)
+                    stats.dropped(spec.name, "validate", e.reason, str(e))
                     continue
                 stats.passed(spec.name, "validate")
                 reason = ambiguous_reason(rec) if self.cfg.drop_ambiguous else None
@@ -147,7 +165,7 @@ class Pipeline:
         for rec, ikeys in zip(records, hashed):
             src = rec["source"]
             if isinstance(ikeys, str):
-                stats.dropped(src, "images", f"images: {ikeys}")
+                stats.dropped(src, "images", f"images: {ikeys}", f"record {rec['id']!r}: images: {ikeys}")
                 continue
             stats.passed(src, "images")
             prompt_text = messages_text(rec["prompt"])
@@ -260,7 +278,8 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
         datasets.disable_progress_bars()
     sources, stages, bench_specs, _ = cfg.specs()
     out = Path(cfg.output_dir)
-    claim_output_dir(out, [cfg, FilterScorer.of(cfg, scorer)], cfg.inputs(), overwrite=cfg.overwrite_output_dir)
+    claim_output_dir(out, [cfg.identity(), FilterScorer.of(cfg, scorer)], cfg.inputs(),
+                     overwrite=cfg.overwrite_output_dir)  # fmt: skip
     prepare_chunks_dir(out)
     benchmarks = BenchmarkIndex(bench_specs, cfg.decontam_text_threshold, cfg.image_hash_distance, cfg.num_perm)
     pipeline = Pipeline(cfg, benchmarks, None)  # its image-hashing pool forks before any model is loaded
@@ -268,7 +287,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
     bar = tqdm(unit="row", desc="build_reward_data", disable=not cfg.progress)
     total, kept, n_chunks = new_total(), _KeptPairs(sources), 0
     try:
-        rows = iter_rows(sources)
+        rows = iter_rows(sources, cfg.seed)
         for c in itertools.count():
             chunk = list(itertools.islice(rows, cfg.chunk_size))
             if not chunk:
@@ -293,6 +312,8 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
     finally:
         bar.close()
         pipeline.close()
+    raise_problems("reward data sources (nothing was mixed; the chunks are kept, so a rerun resumes)",
+                   source_problems(total, sources, cfg.max_skip_fraction))  # fmt: skip
     return _finish(cfg, out, sources, stages, total, kept, n_chunks, pipeline, benchmarks)
 
 

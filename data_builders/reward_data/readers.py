@@ -312,12 +312,16 @@ def _file_problem(path: Path) -> str | None:
         size = f.stat().st_size
         parquet = f.suffix == ".parquet"
         if size == 0:
-            return f"{f.name if f != path else 'the file'}: not a Parquet file (0 bytes)" if parquet else "empty (0 bytes)"
+            return (
+                f"{f.name if f != path else 'the file'}: not a Parquet file (0 bytes)" if parquet else "empty (0 bytes)"
+            )
         if parquet:
             with open(f, "rb") as fh:
                 head = fh.read(4)
             if head != b"PAR1":
-                return f"{f.name if f != path else 'the file'}: not a Parquet file (it starts with {head!r}, not b'PAR1')"
+                return (
+                    f"{f.name if f != path else 'the file'}: not a Parquet file (it starts with {head!r}, not b'PAR1')"
+                )
     return None
 
 
