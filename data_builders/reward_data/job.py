@@ -348,14 +348,20 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n
     numbers over them (16 bytes per pair taken, reported with the mixing arrays) that `save_to_disk` writes batch by
     batch."""
     parts = [datasets.load_from_disk(str(chunk_paths(out, c)[0])) for c in kept.chunks]
-    cleaned = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_list([], features=FEATURES)
+    cleaned = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({k: [] for k in FEATURES},
+                                                                                            features=FEATURES)  # fmt: skip
     kept_sources, text_only = kept.arrays()
     if len(cleaned) != len(kept_sources):
         raise RuntimeError(f"the chunks hold {len(cleaned)} pairs but their statistics list {len(kept_sources)}")
     positions = {s.name: np.flatnonzero(kept_sources == kept.codes[s.name]) for s in sources}
+    plans = [plan_stage(stage, k, sources, positions, text_only, cfg.seed) for k, stage in enumerate(stages)]
+    kept_by_source = ", ".join(f"{s.name}: {len(positions[s.name])}" for s in sources)
+    raise_problems("reward data stages (a stage with no pair cannot be trained on)",
+                   [f"stages[{stage.name}]: no pair kept from its sources {stage.sources} (pairs kept per source: "
+                    f"{kept_by_source}; report: see the chunks' statistics in {out / 'chunks'})"
+                    for stage, (rows, _) in zip(stages, plans) if len(rows) == 0])  # fmt: skip
     stage_rows_bytes, paths, mixes = 0, {}, {}
-    for k, stage in enumerate(stages):
-        rows, counts = plan_stage(stage, k, sources, positions, text_only, cfg.seed)
+    for stage, (rows, counts) in zip(stages, plans):
         stage_rows_bytes = max(stage_rows_bytes, 2 * rows.nbytes)  # the row numbers and their shuffled copy
         paths[stage.name] = write_records(cleaned.select(rows), out / "stages" / stage.name)
         mixes[stage.name] = {"pairs": int(len(rows)), "text_only": int(text_only[rows].sum()), "sources": counts}

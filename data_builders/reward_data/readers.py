@@ -302,26 +302,21 @@ def column_problem(fmt: str, options: Mapping, columns: list[str]) -> str | None
 
 
 def _file_problem(path: Path) -> str | None:
-    """What makes a file unreadable before any row is read: missing, empty, or a `.parquet` that is not Parquet."""
+    """What makes a source unreadable before any row is read: a missing path, or a `.parquet` file (alone, or a
+    shard of a folder) that is not Parquet. An empty JSONL file is no problem here: it yields no rows."""
     if not path.exists():
         return "does not exist"
-    files = [path] if path.is_file() else []
+    shards = [path] if path.suffix == ".parquet" and path.is_file() else []
     if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
-        files = sorted(path.rglob("*.parquet"))
-    for f in files:
-        size = f.stat().st_size
-        parquet = f.suffix == ".parquet"
-        if size == 0:
-            return (
-                f"{f.name if f != path else 'the file'}: not a Parquet file (0 bytes)" if parquet else "empty (0 bytes)"
-            )
-        if parquet:
-            with open(f, "rb") as fh:
-                head = fh.read(4)
-            if head != b"PAR1":
-                return (
-                    f"{f.name if f != path else 'the file'}: not a Parquet file (it starts with {head!r}, not b'PAR1')"
-                )
+        shards = sorted(path.rglob("*.parquet"))
+    for shard in shards:
+        which = "" if shard == path else f"{shard.relative_to(path)}: "
+        with open(shard, "rb") as f:
+            head = f.read(4)
+        if not head:
+            return f"{which}not a Parquet file (0 bytes)"
+        if head != b"PAR1":
+            return f"{which}not a Parquet file (it starts with {head!r}, not b'PAR1')"
     return None
 
 
