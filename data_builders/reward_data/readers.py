@@ -5,28 +5,39 @@ shards (a hub snapshot), or a `datasets` folder (memory-mapped). Images: embedde
 relative to `image_root`, which is a folder, a `.zip` or a `.tar` (members read without extracting); the default is
 the file's folder. Every image comes out as `{"bytes", "path"}` so the chunks embed it.
 
-Formats (`SourceSpec.format`) and their `options`:
+Formats (`SourceSpec.format`) and their `options`; the layouts were checked against each set's dataset card and
+the public code that loads it (tests/data_builders/fixtures/reward_data/hub_layouts.py reproduces them):
 
-* ``rlaif_v``: openbmb/RLAIF-V-Dataset: `question`, `chosen`, `rejected`, `image` (`{"bytes", "path"}`) or
-  `image_path`, `idx`, `ds_name`/`origin_dataset`.
-* ``vlfeedback``: MMInstruction/VLFeedback: `id`, `prompt`, `img_path`, `completions` = [{`model`, `response`,
-  `annotations`: {aspect: {`Rating`, `Rationale`}}}]. Each completion's rating is the mean over `aspects` (default
-  all three: Helpfulness, Visual Faithfulness, Ethical Considerations); pairs are `pairs: best_vs_worst` (default)
-  or `all` pairs whose rating gap is at least `min_gap` (default 1).
-* ``llava_critic``: lmms-lab/LLaVA-Critic-113k, `pairwise` subset: `id`, `image`, `conversations` = [{from: human,
-  value: judge prompt}, {from: gpt, value: judgement}]. The judge prompt holds the question after `[Question]` and
-  the two answers between `[The Start of Assistant 1's Answer]` / `[The End of Assistant 1's Answer]` markers
-  (`Answer 1`, `Response 1`, `A`/`B` accepted); the judgement names the better one (`Answer 1 is better`,
-  `[[A]]`...). Ties and judgements that cannot be parsed are counted, never guessed.
-* ``skywork``: Skywork/Skywork-Reward-Preference-80K: `chosen`/`rejected` message lists sharing the prompt
-  turns, the last message the assistant's answer; text only.
-* ``mmpr``: OpenGVLab/MMPR: `path` is its `meta.json` ({name: {`root`, `annotation`, ...}}), each annotation a
-  JSONL of `image` (path or list under `root`), `question` (`<image>` tags), `chosen`, `rejected`.
+* ``rlaif_v``: openbmb/RLAIF-V-Dataset (card `dataset_info`; `RLAIF-V-Dataset_0NN.parquet` at the snapshot's root):
+  `question`, `chosen`, `rejected`, `image` (`{"bytes", "path"}`) or `image_path`, `idx` (a string), `ds_name`.
+* ``vlfeedback``: MMInstruction/VLFeedback: the Parquet snapshot (`data/train-*.parquet`, an `image` struct, and
+  `completions` stored as `datasets` stores the card's `sequence` of a struct: a struct of lists `{"annotations":
+  [...], "model": [...], "response": [...]}`, indexed per completion as the Silkie training code does) or the older
+  `vlfeedback_80k.jsonl` (a list of completion dicts, `img_path` in `merged_images.zip`). Each completion's rating
+  is the mean over `aspects` (default all three: Helpfulness, Visual Faithfulness, Ethical Considerations); pairs
+  are `pairs: best_vs_worst` (default) or `all` pairs whose rating gap is at least `min_gap` (default 1).
+* ``llava_critic``: lmms-lab/llava-critic-113k (card: configs `pairwise` and `pointwise`, files
+  `<config>/train-0000N-of-0000M.parquet`): `id`, `image`, `conversations` = [{from: human, value: judge prompt},
+  {from: gpt, value: judgement}]. The published pairwise prompts read `Question: [...]`, `The first response:
+  [...]`, `The second response: [...]` and the verdicts `The better response: [first]` / `[second]` (or `[1]` /
+  `[2]`); the older `[Question]` / `[The Start of Assistant 1's Answer]` markers with `Answer 1 is better` or
+  `[[A]]` verdicts are read too. Ties, unparsable judgements and pointwise rows (one response) are counted skips.
+* ``skywork``: Skywork/Skywork-Reward-Preference-80K-v0.2 (`data/train-00000-of-00001.parquet`): `chosen` /
+  `rejected` message lists (`list<struct<content, role>>`) sharing the prompt turns, the last message the
+  assistant's answer; text only.
+* ``mmpr``: OpenGVLab/MMPR: `path` is its `meta.json` ({name: {`root`, `annotation`, `repeat_time`,
+  `data_augment`, `length`}}, the InternVL meta-file convention), each annotation a JSONL of `image` (path or list
+  under `root`), `question` (`<image>` tags), `chosen`, `rejected`. `repeat_time` is honoured (`repeat_plan`: the
+  integer part repeats every row, the fractional part adds a seeded sample); `data_augment` is a training-time
+  augmentation, reported by a warning and not applied.
 * ``mapping``: any table; `options.columns` maps record fields to its columns, e.g. `{prompt: question, chosen:
   good, rejected: bad, images: img, id: uid, chosen_rating: score_a, rejected_rating: score_b}` (ratings optional:
   equal ones make the pair ambiguous); a prompt column may hold a string or messages.
 * ``preference``: our own records (`id`, `prompt`, `chosen`, `rejected`, `images`).
 
+A file that cannot be read at all (missing, a `.parquet` that is not Parquet, text that is not UTF-8, an MMPR
+`meta.json` that is something else) raises `SourceError` naming the source and the path; a first row without the
+columns the format reads gives a warning that guesses the format it has.
 A row that cannot be converted raises `RecordError` (its `reason` is counted by the job); one row may give several
 pairs (VLFeedback with `pairs: all`).
 """
