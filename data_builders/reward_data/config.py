@@ -4,7 +4,7 @@ Sources, stages and benchmarks are YAML lists of mappings (JSON strings on the c
 `reward.config.RewardConfig.stages`::
 
     sources:
-      - {name: rlaif_v, format: rlaif_v, path: data/RLAIF-V-Dataset, weight: 1.0}
+      - {name: rlaif_v, format: rlaif_v, path: openbmb/RLAIF-V-Dataset, weight: 1.0}   # hub id: the local HF cache
       - {name: vlfeedback, format: vlfeedback, path: data/vlfeedback_80k.jsonl, image_root: data/merged_images.zip,
          options: {aspects: [Helpfulness], min_gap: 1.0}}
     stages:

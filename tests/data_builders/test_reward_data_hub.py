@@ -122,7 +122,9 @@ def test_a_build_keeping_no_pair_ends_with_the_sources_message_not_a_traceback(t
     broken.write_text('{"question": "q", "chosen": "a"}\n' * 4)
     sources = [{"name": "empty", "format": "rlaif_v", "path": str(empty)},
                {"name": "broken", "format": "rlaif_v", "path": str(broken)}]  # fmt: skip
-    with pytest.raises(ValueError) as err:
+    with (pytest.raises(ValueError) as err,
+          pytest.warns(UserWarning, match=r"broken.jsonl: columns question, chosen, rejected expected; found question, "
+                                          r"chosen$")):  # fmt: skip
         build_reward_data(config(tmp_path / "out", sources))
     message = str(err.value)
     assert "sources[empty]: 0 pairs from 0 rows" in message and "no row read" in message
@@ -133,7 +135,7 @@ def test_a_build_keeping_no_pair_ends_with_the_sources_message_not_a_traceback(t
     assert "Keys mismatch" not in message
     # every source allowed to be empty: still no stage to train on, which is said as such
     allowed = [{**s, "allow_empty": True} for s in sources]
-    with pytest.raises(ValueError, match=r"stages\[all\]: no pair kept from its sources \['empty', 'broken'\] \(pairs "
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"stages\[all\]: no pair kept from its sources \['empty', 'broken'\] \(pairs "
                                          r"kept per source: empty: 0, broken: 0"):  # fmt: skip
         build_reward_data(config(tmp_path / "allowed", allowed))
 
