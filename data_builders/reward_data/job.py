@@ -50,7 +50,7 @@ from data_builders.reward_data.decontam import BenchmarkIndex
 from data_builders.reward_data.dedup import DedupIndex, image_keys, messages_text, pair_keys
 from data_builders.reward_data.filtering import SurrogateFilter, ambiguous_reason
 from data_builders.reward_data.hub import source_files
-from data_builders.reward_data.mixing import plan_stage
+from data_builders.reward_data.mixing import RepeatGroup, apply_repeats, plan_stage
 from data_builders.reward_data.readers import iter_source_rows
 from data_builders.reward_data.report import (
     MAX_EXAMPLES,
@@ -72,12 +72,12 @@ FEATURES = datasets.Features({
 })  # fmt: skip
 
 
-def iter_rows(sources: list[SourceSpec], seed: int = 0) -> Iterator[tuple[SourceSpec, int, dict, Any]]:
+def iter_rows(sources: list[SourceSpec]) -> Iterator[tuple[SourceSpec, int, dict, Any]]:
     """(source, row index within the source, raw row, converter) over all sources in config order, streamed; local
     paths or hub ids (`hub.source_files`)."""
     for spec in sources:
         path, image_root = source_files(spec)
-        rows = iter_source_rows(spec.format, path, image_root, spec.options, seed, f"sources[{spec.name}].path")
+        rows = iter_source_rows(spec.format, path, image_root, spec.options, f"sources[{spec.name}].path")
         for index, (row, convert) in enumerate(itertools.islice(rows, spec.max_rows)):
             yield spec, index, row, convert
 
@@ -139,9 +139,10 @@ class Pipeline:
             stats.passed(spec.name, "read", 1, len(pairs))
             for k, rec in enumerate(pairs):
                 meta = rec.get("meta") or {}  # a dict until written (the schema wants its JSON string)
+                repeat = rec.get("repeat")  # (entry, repeat_time): a sampling weight for mixing, not part of the pair
                 rec = {**rec, "id": rid if len(pairs) == 1 else f"{rid}-{k}", "source": spec.name, "meta": None}
                 try:
-                    rec = {**validate_preference_record(rec, index=index), "meta": meta}
+                    rec = {**validate_preference_record(rec, index=index), "meta": meta, "repeat": repeat}
                 except RecordError as e:
                     stats.dropped(spec.name, "validate", e.reason, str(e))
                     continue
@@ -202,7 +203,7 @@ class Pipeline:
             hist["response_words"] += [len(message_text(rec[k]).split()) for k in ("chosen", "rejected")]
             hist["image_width"] += [k.width for k in ikeys]
             hist["image_height"] += [k.height for k in ikeys]
-            stats.data["kept"].append([rec["source"], not rec["images"]])
+            stats.data["kept"].append([rec["source"], not rec["images"], rec["repeat"]])
         return out, (indexed, keys), stats
 
     def _surrogate(self, kept: list, stats: _Stats) -> list:
@@ -287,7 +288,7 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
     bar = tqdm(unit="row", desc="build_reward_data", disable=not cfg.progress)
     total, kept, n_chunks = new_total(), _KeptPairs(sources), 0
     try:
-        rows = iter_rows(sources, cfg.seed)
+        rows = iter_rows(sources)
         for c in itertools.count():
             chunk = list(itertools.islice(rows, cfg.chunk_size))
             if not chunk:
@@ -318,26 +319,31 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
 
 
 class _KeptPairs:
-    """Per kept pair, in chunk order, its source (a small integer code) and whether it has no image: the 3 bytes per
-    pair that mixing needs, instead of the chunks' lists of Python objects."""
+    """Per kept pair, in chunk order, its repeat group (`mixing.RepeatGroup`: its source and MMPR entry, as a small
+    integer code) and whether it has no image: the 3 bytes per pair that mixing needs, instead of the chunks' lists of
+    Python objects."""
 
     def __init__(self, sources: list[SourceSpec]):
-        self.codes = {s.name: k for k, s in enumerate(sources)}
+        self.groups: dict[RepeatGroup, int] = {RepeatGroup(s.name, None, 1.0): k for k, s in enumerate(sources)}
         self.chunks: list[int] = []  # the chunks that kept any pair (they have a datasets folder)
-        self.source_parts: list[np.ndarray] = []
         self.text_only_parts: list[np.ndarray] = []
+        self.group_parts: list[np.ndarray] = []
+
+    def _group(self, source: str, repeat: list | None) -> int:
+        group = RepeatGroup(source, *repeat) if repeat else RepeatGroup(source, None, 1.0)
+        return self.groups.setdefault(group, len(self.groups))
 
     def add(self, chunk: int, kept: list) -> None:
         if kept:
             self.chunks.append(chunk)
-            self.source_parts.append(np.array([self.codes[s] for s, _ in kept], dtype=np.int16))
-            self.text_only_parts.append(np.array([t for _, t in kept], dtype=bool))
+            self.text_only_parts.append(np.array([t for _, t, _ in kept], dtype=bool))
+            self.group_parts.append(np.array([self._group(s, r) for s, _, r in kept], dtype=np.int16))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(source code, text-only) per kept pair."""
+        """(repeat group code, text-only) per kept pair."""
         if not self.chunks:
             return np.zeros(0, dtype=np.int16), np.zeros(0, dtype=bool)
-        return np.concatenate(self.source_parts), np.concatenate(self.text_only_parts)
+        return np.concatenate(self.group_parts), np.concatenate(self.text_only_parts)
 
 
 def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n_chunks: int, pipeline: Pipeline,
@@ -350,10 +356,10 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n
     parts = [datasets.load_from_disk(str(chunk_paths(out, c)[0])) for c in kept.chunks]
     cleaned = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({k: [] for k in FEATURES},
                                                                                             features=FEATURES)  # fmt: skip
-    kept_sources, text_only = kept.arrays()
-    if len(cleaned) != len(kept_sources):
-        raise RuntimeError(f"the chunks hold {len(cleaned)} pairs but their statistics list {len(kept_sources)}")
-    positions = {s.name: np.flatnonzero(kept_sources == kept.codes[s.name]) for s in sources}
+    kept_groups, text_only = kept.arrays()
+    if len(cleaned) != len(kept_groups):
+        raise RuntimeError(f"the chunks hold {len(cleaned)} pairs but their statistics list {len(kept_groups)}")
+    positions, repeats = apply_repeats(list(kept.groups), kept_groups, cfg.seed)
     plans = [plan_stage(stage, k, sources, positions, text_only, cfg.seed) for k, stage in enumerate(stages)]
     kept_by_source = ", ".join(f"{s.name}: {len(positions[s.name])}" for s in sources)
     raise_problems("reward data stages (a stage with no pair cannot be trained on)",
@@ -372,10 +378,10 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n
     write_text_atomic(out / "stages.json", json.dumps(stage_block))
     write_text_atomic(out / "stages.yaml", yaml.safe_dump({"stages": stage_block}, sort_keys=False))
     # the index as persisted: the keys files a resumed run reloads (every chunk writes one)
-    mixing_bytes = kept_sources.nbytes + text_only.nbytes + sum(p.nbytes for p in positions.values())
+    mixing_bytes = kept_groups.nbytes + text_only.nbytes + sum(p.nbytes for p in positions.values())
     mixing_bytes += stage_rows_bytes
     index_bytes = sum(_keys_path(out, c).stat().st_size for c in range(n_chunks))
-    meta = {"stages": mixes, "cleaned_pairs": len(cleaned),
+    meta = {"stages": mixes, "cleaned_pairs": len(cleaned), "repeat_time": repeats,
             "dedup_index": {"pairs": len(pipeline.index), "bytes": index_bytes,
                             "bytes_per_pair": index_bytes / max(1, len(pipeline.index))},
             "mixing_arrays": {"pairs": len(cleaned), "bytes": mixing_bytes,

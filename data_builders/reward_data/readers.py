@@ -27,9 +27,9 @@ the public code that loads it (tests/data_builders/fixtures/reward_data/hub_layo
   assistant's answer; text only.
 * ``mmpr``: OpenGVLab/MMPR: `path` is its `meta.json` ({name: {`root`, `annotation`, `repeat_time`,
   `data_augment`, `length`}}, the InternVL meta-file convention), each annotation a JSONL of `image` (path or list
-  under `root`), `question` (`<image>` tags), `chosen`, `rejected`. `repeat_time` is honoured (`repeat_plan`: the
-  integer part repeats every row, the fractional part adds a seeded sample); `data_augment` is a training-time
-  augmentation, reported by a warning and not applied.
+  under `root`), `question` (`<image>` tags), `chosen`, `rejected`. Each row is read once; its pair carries
+  `repeat: (entry, repeat_time)`, a sampling weight that mixing applies after cleaning (`mixing.apply_repeats`), so
+  dedup sees no copies. `data_augment` is a training-time augmentation, reported by a warning and not applied.
 * ``mapping``: any table; `options.columns` maps record fields to its columns, e.g. `{prompt: question, chosen:
   good, rejected: bad, images: img, id: uid, chosen_rating: score_a, rejected_rating: score_b}` (ratings optional:
   equal ones make the pair ambiguous); a prompt column may hold a string or messages.
@@ -45,7 +45,6 @@ pairs (VLFeedback with `pairs: all`).
 from __future__ import annotations
 
 import json
-import random
 import re
 import tarfile
 import warnings
@@ -255,8 +254,9 @@ def _skywork(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> l
 
 
 def _mmpr(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
-    return [_question_pair(row, ref, as_list(row.get("image")), "question", resolve, original_id=row.get("id"),
-                           origin=opts.get("_subset"), repeat=opts.get("_repeat"))]  # fmt: skip
+    pair = _question_pair(row, ref, as_list(row.get("image")), "question", resolve, original_id=row.get("id"),
+                          origin=opts["_subset"])  # fmt: skip
+    return [{**pair, "repeat": (opts["_subset"], opts["_repeat_time"])}]
 
 
 def _mapping(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
@@ -365,17 +365,7 @@ def _mmpr_entries(meta_path: Path, where: str) -> dict[str, Mapping]:
     return meta
 
 
-def repeat_plan(n_rows: int, repeat_time: float, seed: int, name: str) -> tuple[int, list[int]]:
-    """(full passes, rows of the extra partial pass) for an MMPR entry of `n_rows` rows, as InternVL reads
-    `repeat_time`: its integer part repeats every row (pass 0 is the original), its fractional part adds a pass over
-    `round(frac * n_rows)` rows drawn by `random.Random(f"{seed}/{name}")` (the same for a seed and entry), in file
-    order. `0.25` reads a seeded quarter of the rows; `2.5` every row twice and a seeded half a third time."""
-    whole = int(repeat_time)
-    k = round((repeat_time - whole) * n_rows)
-    return whole, sorted(random.Random(f"{seed}/{name}").sample(range(n_rows), k)) if k else []
-
-
-def _mmpr_rows(meta_path: Path, image_root: str | None, seed: int, where: str) -> Iterator[tuple[dict, Callable]]:
+def _mmpr_rows(meta_path: Path, image_root: str | None, where: str) -> Iterator[tuple[dict, Callable]]:
     for name, entry in _mmpr_entries(meta_path, where).items():
         resolve = lambda p: Path(p) if Path(p).is_absolute() else meta_path.parent / p  # noqa: E731
         resolver = ImageResolver(Path(image_root) / entry["root"] if image_root else resolve(entry["root"]))
@@ -383,25 +373,19 @@ def _mmpr_rows(meta_path: Path, image_root: str | None, seed: int, where: str) -
         if entry.get("data_augment"):
             warnings.warn(f"{where}: {meta_path}: entry {name!r} has data_augment: true, an image augmentation InternVL "
                           "applies while training; the pairs are read as they are", UserWarning, stacklevel=3)  # fmt: skip
-        repeat = float(entry.get("repeat_time", 1))
-        n_rows = sum(1 for _ in _rows(annotation, entry_where)) if repeat != 1 else 0
-        whole, sampled = repeat_plan(n_rows, repeat, seed, name) if repeat != 1 else (1, [])
-        for copy in range(whole + bool(sampled)):  # streamed once per pass: no annotation file is held in memory
-            convert = _bind("mmpr", resolver, {"_subset": name, **({"_repeat": copy} if copy else {})})
-            wanted = set(sampled) if copy == whole else None
-            for i, row in enumerate(_rows(annotation, entry_where)):
-                if wanted is None or i in wanted:
-                    yield row, convert
+        convert = _bind("mmpr", resolver, {"_subset": name, "_repeat_time": float(entry.get("repeat_time", 1))})
+        for row in _rows(annotation, entry_where):
+            yield row, convert
 
 
 def iter_source_rows(fmt: str, path: str | Path, image_root: str | None = None, options: Mapping | None = None,
-                     seed: int = 0, where: str = "source") -> Iterator[tuple[dict, Callable]]:  # fmt: skip
+                     where: str = "source") -> Iterator[tuple[dict, Callable]]:  # fmt: skip
     """(raw row, converter bound to its image resolver and options) for every row of a source, in file order.
 
     Raises `SourceError` (naming `where`, e.g. `sources[vlfeedback].path`, and the file) for a file that cannot be
     read; warns when the first row's columns are not the ones `fmt` reads."""
     path = Path(path)
-    rows = _mmpr_rows(path, image_root, seed, where) if fmt == "mmpr" else None
+    rows = _mmpr_rows(path, image_root, where) if fmt == "mmpr" else None
     if rows is None:
         convert = _bind(fmt, ImageResolver(image_root or (path if path.is_dir() else path.parent)), {})
         rows = ((row, convert) for row in _rows(path, where))

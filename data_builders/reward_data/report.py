@@ -97,6 +97,19 @@ def _markdown(report: Mapping[str, Any]) -> str:
             why = ", ".join(f"{r}: {n}" for r, n in sorted(st["dropped"].items())) or "-"
             lines.append(f"| {step} | {st['in']} | {st['out']} | {why} |")
         lines.append("")
+    if report["repeat_time"]:
+        lines += [
+            "## repeat_time (a sampling weight applied after cleaning, not counted as duplicates)",
+            "",
+            "| source | entry | repeat_time | cleaned pairs | pairs after repeat_time |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {source} | {entry} | {g['repeat_time']:g} | {g['cleaned']} | {g['pairs']} |"
+            for source, entries in report["repeat_time"].items()
+            for entry, g in entries.items()
+        ]
+        lines.append("")
     lines += ["## Benchmark overlaps (decontaminated.jsonl lists them)", ""]
     lines += [f"- {b}: {n}" for b, n in sorted(report["overlaps"].items())] or ["- none"]
     idx = report["dedup_index"]

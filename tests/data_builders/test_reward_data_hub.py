@@ -2,6 +2,7 @@
 built in a Hugging Face cache folder at test time and named by hub id), and nothing silent: a source that yields no
 pair or mostly skips, an unreadable or wrong-format file, a format whose columns do not match."""
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from common.io import read_records
 from data_builders.reward_data.config import RewardDataConfig
 from data_builders.reward_data.job import build_reward_data
-from data_builders.reward_data.readers import SourceError, iter_source_rows, repeat_plan
+from data_builders.reward_data.mixing import repeat_plan
+from data_builders.reward_data.readers import SourceError, iter_source_rows
 from tests.data_builders.fixtures.reward_data.hub_layouts import EXPECTED, REPOS, SHA, snapshot_dir, write_hub_cache
 
 HUB_SOURCES = [
@@ -56,8 +58,11 @@ def test_every_set_by_hub_id_gives_the_hand_counted_pairs(hub_cache, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     for name, expected in EXPECTED.items():
         assert counts(report, name) == expected, name
-    # MMPR's two repeat copies (geo rows 0 and 2, repeat_time 1.5) are exact duplicates of their originals
-    assert report["sources"]["mmpr"]["exact_dedup"]["dropped"] == {"exact duplicate": 2}
+    # MMPR's repeat_time weighs its entries after cleaning: no copy reaches dedup; geo's 4 pairs x 1.5 (rows 1 and 2
+    # twice), chart's 2 x 0.5 (row 0)
+    assert report["sources"]["mmpr"]["exact_dedup"]["dropped"] == {}
+    assert report["repeat_time"]["mmpr"] == {"geo": {"repeat_time": 1.5, "cleaned": 4, "pairs": 6},
+                                             "chart": {"repeat_time": 0.5, "cleaned": 2, "pairs": 1}}  # fmt: skip
     assert report["skip_examples"]["vlfeedback"]["completions: fewer than two completions"] == [
         "record 'vlfeedback/00000003', field 'completions': fewer than two completions"]  # fmt: skip
     ds = read_records(paths["all"])
@@ -73,15 +78,64 @@ def test_every_set_by_hub_id_gives_the_hand_counted_pairs(hub_cache, tmp_path):
                       2: ("Yes, all of them.", "No."), 4: ("Three bars.", "Two.")}  # fmt: skip
     question = by_id["llava_critic/00000000"]["prompt"][0]["content"]
     assert [p["type"] for p in question] == ["image", "text"] and question[1]["text"] == "What colour are the bars?"
-    assert len(ds) == 3 + 4 + 3 + 3 + 5
+    mmpr_ids = sorted(r["id"] for r in ds if r["source"] == "mmpr")
+    assert mmpr_ids == [f"mmpr/0000000{k}" for k in (0, 1, 1, 2, 2, 3, 4)]
+    assert len(ds) == 3 + 4 + 3 + 3 + 7
 
 
 def test_repeat_time_repeats_the_integer_part_and_samples_the_fraction_by_seed():
-    assert repeat_plan(4, 1.5, 0, "geo") == (1, [0, 2])  # the fixture's copies (hand-checked in the report above)
+    assert repeat_plan(4, 1.5, 0, "mmpr/geo") == (1, [1, 2])  # the fixture's copies (hand-checked above)
     assert repeat_plan(10, 2.0, 0, "x") == (2, [])
     whole, sampled = repeat_plan(100, 0.25, 7, "x")
     assert whole == 0 and len(sampled) == 25 and sampled == sorted(set(sampled))
     assert repeat_plan(100, 0.25, 7, "x") == (whole, sampled) and repeat_plan(100, 0.25, 8, "x") != (whole, sampled)
+
+
+def _mmpr_text_rows(folder: Path, entries: dict[str, tuple[float, int]]) -> Path:
+    """An MMPR `meta.json` of text-only entries {name: (repeat_time, rows)}, rows far from each other (no dedup)."""
+    meta = {}
+    for name, (repeat, n) in entries.items():
+        words = [[hashlib.sha256(f"{name}/{k}/{j}".encode()).hexdigest()[:7] for j in range(9)] for k in range(n)]
+        rows = [{"question": " ".join(w[:5]) + "?", "chosen": " ".join(w[5:7]), "rejected": " ".join(w[7:])}
+                for w in words]  # fmt: skip
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        meta[name] = {"root": ".", "annotation": f"{name}.jsonl", "repeat_time": repeat, "length": n}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder / "meta.json"
+
+
+def test_repeat_time_weighs_each_entry_after_dedup_and_samples_the_fraction_by_seed(tmp_path):
+    meta = _mmpr_text_rows(tmp_path, {"twice": (2, 4), "half": (0.5, 10), "once": (1, 3)})
+    source = [{"name": "mmpr", "format": "mmpr", "path": str(meta)}]
+
+    def stage_ids(out, seed):
+        paths = build_reward_data(config(out, source, seed=seed))  # default exact_dedup / near_dedup
+        rows = read_records(paths["all"])
+        by_entry = {}
+        for r in rows:
+            by_entry.setdefault(json.loads(r["meta"])["origin"], []).append(r["id"])
+        return by_entry, json.loads((out / "report.json").read_text())
+
+    by_entry, report = stage_ids(tmp_path / "s0", 0)
+    # each distinct row is cleaned once: no repeat copy is read, none is counted as a duplicate
+    steps = report["sources"]["mmpr"]
+    assert steps["read"]["in"] == 17 and steps["exact_dedup"]["dropped"] == {} and steps["near_dedup"]["out"] == 17
+    assert report["cleaned_pairs"] == 17
+    # repeat_time 2: every row of the entry twice; 1: once; 0.5: a seeded half of its 10 rows, each once
+    assert sorted(by_entry["twice"]) == sorted([f"mmpr/{k:08d}" for k in range(4)] * 2)
+    assert sorted(by_entry["once"]) == [f"mmpr/{k:08d}" for k in range(14, 17)]
+    half = sorted(by_entry["half"])
+    assert len(half) == 5 and len(set(half)) == 5 and set(half) <= {f"mmpr/{k:08d}" for k in range(4, 14)}
+    # the repeats are reported apart from duplicates, per entry
+    assert report["repeat_time"]["mmpr"] == {
+        "half": {"repeat_time": 0.5, "cleaned": 10, "pairs": 5},
+        "once": {"repeat_time": 1.0, "cleaned": 3, "pairs": 3},
+        "twice": {"repeat_time": 2.0, "cleaned": 4, "pairs": 8},
+    }
+    assert report["stages"]["all"]["sources"]["mmpr"]["taken"] == 8 + 5 + 3
+    # the same half with the same seed (a fresh run), another half with another seed
+    assert sorted(stage_ids(tmp_path / "s0-again", 0)[0]["half"]) == half
+    assert sorted(stage_ids(tmp_path / "s1", 1)[0]["half"]) != half
 
 
 def test_missing_snapshot_or_file_in_it_says_how_to_download(hub_cache, tmp_path):
