@@ -28,10 +28,12 @@ class RepeatGroup(NamedTuple):
 
 
 def repeat_plan(n_rows: int, repeat_time: float, seed: int, name: str) -> tuple[int, list[int]]:
-    """(full passes, rows of the extra partial pass) for a group of `n_rows` cleaned pairs, as InternVL reads
-    `repeat_time`: its integer part takes every row that many times, its fractional part adds a pass over
-    `round(frac * n_rows)` rows drawn by `random.Random(f"{seed}/{name}")` (the same for a seed and group), in row
-    order. `0.25` keeps a seeded quarter of the rows; `2.5` every row twice and a seeded half a third time."""
+    """(full passes, rows of the extra partial pass) for a group of `n_rows` cleaned pairs and its `repeat_time`: the
+    integer part takes every row that many times, the fractional part adds a pass over `round(frac * n_rows)` rows
+    drawn by `random.Random(f"{seed}/{name}")` (the same for a seed and group), in row order. `0.25` keeps a seeded
+    quarter of the rows; `2.5` every row twice and a seeded half a third time. (InternVL's fine-tuning dataset,
+    `LazySupervisedDataset` in `internvl_chat_finetune.py`, keeps the first `int(n * repeat_time)` rows below 1 and
+    asserts an integer above 1; a seeded sample does not favour the file's head, and fractions above 1 are read.)"""
     whole = int(repeat_time)
     k = round((repeat_time - whole) * n_rows)
     return whole, sorted(random.Random(f"{seed}/{name}").sample(range(n_rows), k)) if k else []

@@ -8,12 +8,13 @@ import warnings
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 
 from common.io import read_records
 from data_builders.reward_data.config import RewardDataConfig
 from data_builders.reward_data.job import build_reward_data
-from data_builders.reward_data.mixing import repeat_plan
+from data_builders.reward_data.mixing import RepeatGroup, apply_repeats, repeat_plan
 from data_builders.reward_data.readers import SourceError, iter_source_rows
 from tests.data_builders.fixtures.reward_data.hub_layouts import EXPECTED, REPOS, SHA, snapshot_dir, write_hub_cache
 
@@ -89,6 +90,18 @@ def test_repeat_time_repeats_the_integer_part_and_samples_the_fraction_by_seed()
     whole, sampled = repeat_plan(100, 0.25, 7, "x")
     assert whole == 0 and len(sampled) == 25 and sampled == sorted(set(sampled))
     assert repeat_plan(100, 0.25, 7, "x") == (whole, sampled) and repeat_plan(100, 0.25, 8, "x") != (whole, sampled)
+
+
+def test_apply_repeats_expands_each_group_and_leaves_other_rows_once():
+    groups = [RepeatGroup("a", None, 1.0), RepeatGroup("b", None, 1.0), RepeatGroup("a", "x", 2.5),
+              RepeatGroup("b", "none", 0.0)]  # fmt: skip
+    positions, report = apply_repeats(groups, np.array([0, 2, 2, 1, 2, 2, 3]), seed=3)
+    x = [1, 2, 4, 5]
+    _, sampled = repeat_plan(4, 2.5, 3, "a/x")
+    assert len(sampled) == 2 and positions["a"].tolist() == sorted([0] + x * 2 + [x[i] for i in sampled])
+    assert positions["b"].tolist() == [3]  # repeat_time 0: row 6 is cleaned but never taken
+    assert report == {"a": {"x": {"repeat_time": 2.5, "cleaned": 4, "pairs": 10}},
+                      "b": {"none": {"repeat_time": 0.0, "cleaned": 1, "pairs": 0}}}  # fmt: skip
 
 
 def _mmpr_text_rows(folder: Path, entries: dict[str, tuple[float, int]]) -> Path:
