@@ -4,7 +4,7 @@ Sources, stages and benchmarks are YAML lists of mappings (JSON strings on the c
 `reward.config.RewardConfig.stages`::
 
     sources:
-      - {name: rlaif_v, format: rlaif_v, path: data/RLAIF-V-Dataset, weight: 1.0}
+      - {name: rlaif_v, format: rlaif_v, path: openbmb/RLAIF-V-Dataset, weight: 1.0}   # hub id: the local HF cache
       - {name: vlfeedback, format: vlfeedback, path: data/vlfeedback_80k.jsonl, image_root: data/merged_images.zip,
          options: {aspects: [Helpfulness], min_gap: 1.0}}
     stages:
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from common.config_checks import model_path_problems, output_dir_problems, raise_problems
+from data_builders.reward_data.hub import HubSnapshotError, is_hub_id, source_files
 from data_builders.reward_data.readers import FORMATS
 from reward.bench import BENCHMARKS as BENCHMARK_READERS  # the one import of the benchmark readers
 
@@ -33,12 +34,19 @@ class SourceSpec:
 
     name: str
     format: str
-    path: str
+    path: str  # a local file or folder, or a hub dataset id `owner/name` (its snapshot in the local HF cache)
+    revision: str | None = None  # hub id only: the snapshot's revision (branch, tag or commit; default main)
+    data_files: str | None = None  # hub id only: the file or folder inside the snapshot the reader reads
+    subset: str | None = None  # hub id only: a config whose files are in the snapshot's folder of that name
     image_root: str | None = None  # folder, .zip or .tar that relative image paths resolve in (default: file's folder)
     weight: float = 1.0  # share of the cleaned pairs a stage takes (0.5: a seeded half; 2.0: each twice)
     max_pairs: int | None = None  # cap on the pairs a stage takes from this source
     max_rows: int | None = None  # read only the first N rows (quick runs)
     options: dict[str, Any] = field(default_factory=dict)  # reader options (see readers.py)
+    allow_empty: bool = False  # a source that yields no pair is no error
+    max_skip_fraction: float | None = (
+        None  # this source's bound on the rows skipped for one reason (default: the job's)
+    )
 
 
 @dataclass
@@ -95,8 +103,10 @@ class RewardDataConfig:
     # Fields that do not change what the job writes: a rerun may change them and still resume (common.run_folder).
     NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
         "output_dir", "overwrite_output_dir", "progress", "report_to", "wandb_project", "run_name", "num_proc",
-        "device", "score_batch_size",
+        "device", "score_batch_size", "max_skip_fraction",
     )  # fmt: skip
+    # Source keys that only decide whether the job fails, never what it writes (left out of the run's identity).
+    SOURCE_KEYS_NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = ("allow_empty", "max_skip_fraction")
 
     # > inputs
     # (typed `str` for the command line, where they are JSON; YAML gives the lists themselves)
@@ -144,7 +154,13 @@ class RewardDataConfig:
     min_pixels: int | None = field(default=None, metadata={"help": "Lower bound on image area (scoring)."})
     max_pixels: int | None = field(default=None, metadata={"help": "Upper bound on image area (scoring)."})
     # > mixing and output
-    seed: int = field(default=0, metadata={"help": "Seed of the per-stage sampling and order."})
+    max_skip_fraction: float = field(
+        default=0.5,
+        metadata={"help": "A source whose rows skipped for one reason exceed this share fails the build (naming the "
+                          "reason and 3 rows); a source's own `max_skip_fraction` or `allow_empty: true` overrides."},
+    )  # fmt: skip
+    seed: int = field(default=0, metadata={"help": "Seed of the per-stage sampling and order (and MMPR's fractional "
+                                                   "repeat_time)."})  # fmt: skip
     output_dir: str = field(default=None, metadata={"help": "Where chunks, stages/<name>/ and the report go."})
     chunk_size: int = field(default=1000, metadata={"help": "Input rows per chunk: the unit of atomic writes/resume."})
     num_proc: int = field(default=1, metadata={"help": "Processes that decode and hash images."})
@@ -172,10 +188,22 @@ class RewardDataConfig:
         for s in sources:
             if s.format not in FORMATS:
                 problems.append(f"sources[{s.name}].format={s.format!r}: choose one of {FORMATS}")
-            if not Path(s.path).exists():
-                problems.append(f"sources[{s.name}].path: {s.path!r} does not exist")
-            if s.image_root and not Path(s.image_root).exists():
-                problems.append(f"sources[{s.name}].image_root: {s.image_root!r} does not exist")
+            try:
+                path, image_root = source_files(s)
+            except HubSnapshotError as e:
+                problems.append(str(e))
+            else:
+                if not path.exists():
+                    problems.append(f"sources[{s.name}].path: {s.path!r} does not exist (nor is it a hub id "
+                                    "'owner/name')")  # fmt: skip
+                if image_root and not image_root.exists():
+                    problems.append(f"sources[{s.name}].image_root: {s.image_root!r} does not exist")
+            hub_only = [k for k in ("revision", "data_files", "subset") if getattr(s, k)]
+            if hub_only and not is_hub_id(s.path):
+                problems.append(f"sources[{s.name}]: {', '.join(hub_only)} apply to a hub id only; {s.path!r} is a "
+                                "local path (point path at the file or folder itself)")  # fmt: skip
+            if s.max_skip_fraction is not None and not 0 <= s.max_skip_fraction <= 1:
+                problems.append(f"sources[{s.name}].max_skip_fraction={s.max_skip_fraction}: must be in [0, 1]")
             if isinstance(s.weight, bool) or not isinstance(s.weight, int | float) or s.weight <= 0:
                 problems.append(f"sources[{s.name}].weight={s.weight!r}: must be a positive number")
         for st in stages:
@@ -212,15 +240,30 @@ class RewardDataConfig:
         for name in ("near_text_threshold", "decontam_text_threshold"):
             if not 0 < getattr(self, name) <= 1:
                 problems.append(f"{name}={getattr(self, name)}: must be in (0, 1]")
+        if not 0 <= self.max_skip_fraction <= 1:
+            problems.append(f"max_skip_fraction={self.max_skip_fraction}: must be in [0, 1]")
         if not 0 <= self.image_hash_distance <= 64:
             problems.append(f"image_hash_distance={self.image_hash_distance}: must be in [0, 64]")
         raise_problems("RewardDataConfig", problems)
 
+    def identity(self) -> RewardDataConfig:
+        """This config as the run's identity sees it (`common.run_folder`): the sources without the keys that only
+        decide whether the build fails, so that a rerun adding `allow_empty: true` resumes."""
+        drop = self.SOURCE_KEYS_NOT_AFFECTING_RESULTS
+        sources = [{k: v for k, v in s.items() if k not in drop} if isinstance(s, dict) else s
+                   for s in self.sources or []]  # fmt: skip
+        return dataclasses.replace(self, sources=sources)
+
     def inputs(self) -> dict[str, str]:
-        """The files the output depends on, by name (their content is fingerprinted by `common.run_folder`)."""
+        """The files the output depends on, by name (their content is fingerprinted by `common.run_folder`); a hub
+        source's are those of its local snapshot."""
         sources, _, benchmarks, _ = self.specs()
-        out = {f"source:{s.name}": s.path for s in sources}
-        out.update({f"images:{s.name}": s.image_root for s in sources if s.image_root})
+        out: dict[str, Any] = {}
+        for s in sources:
+            path, image_root = source_files(s)
+            out[f"source:{s.name}"] = str(path)
+            if image_root:
+                out[f"images:{s.name}"] = str(image_root)
         out.update({f"benchmark:{b.name}": b.path for b in benchmarks})
         if self.reward_model_name_or_path:
             out["reward_model"] = self.reward_model_name_or_path

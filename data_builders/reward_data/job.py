@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from common.cli import write_run_meta
+from common.config_checks import raise_problems
 from common.distributed import resolve_device
 from common.io import check_row_parsed, write_records, write_text_atomic
 from common.run_folder import claim_output_dir
@@ -47,9 +49,17 @@ from data_builders.reward_data.config import RewardDataConfig, SourceSpec
 from data_builders.reward_data.decontam import BenchmarkIndex
 from data_builders.reward_data.dedup import DedupIndex, image_keys, messages_text, pair_keys
 from data_builders.reward_data.filtering import SurrogateFilter, ambiguous_reason
-from data_builders.reward_data.mixing import plan_stage
+from data_builders.reward_data.hub import source_files
+from data_builders.reward_data.mixing import RepeatGroup, apply_repeats, plan_stage
 from data_builders.reward_data.readers import iter_source_rows
-from data_builders.reward_data.report import add_chunk_stats, log_to_wandb, new_total, write_report
+from data_builders.reward_data.report import (
+    MAX_EXAMPLES,
+    add_chunk_stats,
+    log_to_wandb,
+    new_total,
+    source_problems,
+    write_report,
+)
 from reward.model import check_value_head
 
 STEPS = ("read", "validate", "ambiguous", "images", "decontaminate", "exact_dedup", "near_dedup", "surrogate")
@@ -64,9 +74,11 @@ FEATURES = datasets.Features({
 
 
 def iter_rows(sources: list[SourceSpec]) -> Iterator[tuple[SourceSpec, int, dict, Any]]:
-    """(source, row index within the source, raw row, converter) over all sources in config order, streamed."""
+    """(source, row index within the source, raw row, converter) over all sources in config order, streamed; local
+    paths or hub ids (`hub.source_files`)."""
     for spec in sources:
-        rows = iter_source_rows(spec.format, spec.path, spec.image_root)
+        path, image_root = source_files(spec)
+        rows = iter_source_rows(spec.format, path, image_root, spec.options, f"sources[{spec.name}].path")
         for index, (row, convert) in enumerate(itertools.islice(rows, spec.max_rows)):
             yield spec, index, row, convert
 
@@ -76,6 +88,7 @@ class _Stats:
 
     def __init__(self):
         self.data: dict[str, Any] = {"rows": 0, "sources": {}, "decontaminated": [], "flagged": {}, "kept": [],
+                                     "examples": {},
                                      "hist": {"prompt_words": [], "response_words": [], "image_width": [],
                                               "image_height": []}}  # fmt: skip
 
@@ -87,10 +100,15 @@ class _Stats:
         st = self.step(source, step)
         st["in"], st["out"] = st["in"] + n_in, st["out"] + n_out
 
-    def dropped(self, source: str, step: str, reason: str) -> None:
+    def dropped(self, source: str, step: str, reason: str, example: str | None = None) -> None:
+        """Count one drop; `example` (the error, naming the row) is kept for the first `MAX_EXAMPLES` per reason."""
         st = self.step(source, step)
         st["in"] += 1
         st["dropped"][reason] = st["dropped"].get(reason, 0) + 1
+        if example is not None:
+            kept = self.data["examples"].setdefault(source, {}).setdefault(reason, [])
+            if len(kept) < MAX_EXAMPLES:  # without object addresses (`<_io.BytesIO object at 0x...>`): a rerun
+                kept.append(re.sub(r" at 0x[0-9a-f]+", "", example)[:300])  # writes the same statistics
 
 
 class Pipeline:
@@ -117,16 +135,17 @@ class Pipeline:
                 check_row_parsed(row, index)
                 pairs = convert(row, repr(rid), spec.options)
             except RecordError as e:
-                stats.dropped(spec.name, "read", e.reason)
+                stats.dropped(spec.name, "read", e.reason, str(e))
                 continue
             stats.passed(spec.name, "read", 1, len(pairs))
             for k, rec in enumerate(pairs):
                 meta = rec.get("meta") or {}  # a dict until written (the schema wants its JSON string)
+                repeat = rec.get("repeat")  # (entry, repeat_time): a sampling weight for mixing, not part of the pair
                 rec = {**rec, "id": rid if len(pairs) == 1 else f"{rid}-{k}", "source": spec.name, "meta": None}
                 try:
-                    rec = {**validate_preference_record(rec, index=index), "meta": meta}
+                    rec = {**validate_preference_record(rec, index=index), "meta": meta, "repeat": repeat}
                 except RecordError as e:
-                    stats.dropped(spec.name, "validate", e.reason)
+                    stats.dropped(spec.name, "validate", e.reason, str(e))
                     continue
                 stats.passed(spec.name, "validate")
                 reason = ambiguous_reason(rec) if self.cfg.drop_ambiguous else None
@@ -148,7 +167,7 @@ class Pipeline:
         for rec, ikeys in zip(records, hashed):
             src = rec["source"]
             if isinstance(ikeys, str):
-                stats.dropped(src, "images", f"images: {ikeys}")
+                stats.dropped(src, "images", f"images: {ikeys}", f"record {rec['id']!r}: images: {ikeys}")
                 continue
             stats.passed(src, "images")
             prompt_text = messages_text(rec["prompt"])
@@ -185,7 +204,7 @@ class Pipeline:
             hist["response_words"] += [len(message_text(rec[k]).split()) for k in ("chosen", "rejected")]
             hist["image_width"] += [k.width for k in ikeys]
             hist["image_height"] += [k.height for k in ikeys]
-            stats.data["kept"].append([rec["source"], not rec["images"]])
+            stats.data["kept"].append([rec["source"], not rec["images"], rec["repeat"]])
         return out, (indexed, keys), stats
 
     def _surrogate(self, kept: list, stats: _Stats) -> list:
@@ -263,7 +282,8 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
         datasets.disable_progress_bars()
     sources, stages, bench_specs, _ = cfg.specs()
     out = Path(cfg.output_dir)
-    claim_output_dir(out, [cfg, FilterScorer.of(cfg, scorer)], cfg.inputs(), overwrite=cfg.overwrite_output_dir)
+    claim_output_dir(out, [cfg.identity(), FilterScorer.of(cfg, scorer)], cfg.inputs(),
+                     overwrite=cfg.overwrite_output_dir)  # fmt: skip
     prepare_chunks_dir(out)
     benchmarks = BenchmarkIndex(bench_specs, cfg.decontam_text_threshold, cfg.image_hash_distance, cfg.num_perm)
     pipeline = Pipeline(cfg, benchmarks, None)  # its image-hashing pool forks before any model is loaded
@@ -296,30 +316,37 @@ def build_reward_data(cfg: RewardDataConfig, scorer: Scorer | None = None) -> di
     finally:
         bar.close()
         pipeline.close()
+    raise_problems("reward data sources (nothing was mixed; the chunks are kept, so a rerun resumes)",
+                   source_problems(total, sources, cfg.max_skip_fraction))  # fmt: skip
     return _finish(cfg, out, sources, stages, total, kept, n_chunks, pipeline, benchmarks)
 
 
 class _KeptPairs:
-    """Per kept pair, in chunk order, its source (a small integer code) and whether it has no image: the 3 bytes per
-    pair that mixing needs, instead of the chunks' lists of Python objects."""
+    """Per kept pair, in chunk order, its repeat group (`mixing.RepeatGroup`: its source and MMPR entry, as a small
+    integer code) and whether it has no image: the 3 bytes per pair that mixing needs, instead of the chunks' lists of
+    Python objects."""
 
     def __init__(self, sources: list[SourceSpec]):
-        self.codes = {s.name: k for k, s in enumerate(sources)}
+        self.groups: dict[RepeatGroup, int] = {RepeatGroup(s.name, None, 1.0): k for k, s in enumerate(sources)}
         self.chunks: list[int] = []  # the chunks that kept any pair (they have a datasets folder)
-        self.source_parts: list[np.ndarray] = []
         self.text_only_parts: list[np.ndarray] = []
+        self.group_parts: list[np.ndarray] = []
+
+    def _group(self, source: str, repeat: list | None) -> int:
+        group = RepeatGroup(source, *repeat) if repeat else RepeatGroup(source, None, 1.0)
+        return self.groups.setdefault(group, len(self.groups))
 
     def add(self, chunk: int, kept: list) -> None:
         if kept:
             self.chunks.append(chunk)
-            self.source_parts.append(np.array([self.codes[s] for s, _ in kept], dtype=np.int16))
-            self.text_only_parts.append(np.array([t for _, t in kept], dtype=bool))
+            self.text_only_parts.append(np.array([t for _, t, _ in kept], dtype=bool))
+            self.group_parts.append(np.array([self._group(s, r) for s, _, r in kept], dtype=np.int16))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(source code, text-only) per kept pair."""
+        """(repeat group code, text-only) per kept pair."""
         if not self.chunks:
             return np.zeros(0, dtype=np.int16), np.zeros(0, dtype=bool)
-        return np.concatenate(self.source_parts), np.concatenate(self.text_only_parts)
+        return np.concatenate(self.group_parts), np.concatenate(self.text_only_parts)
 
 
 def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n_chunks: int, pipeline: Pipeline,
@@ -330,14 +357,20 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n
     numbers over them (16 bytes per pair taken, reported with the mixing arrays) that `save_to_disk` writes batch by
     batch."""
     parts = [datasets.load_from_disk(str(chunk_paths(out, c)[0])) for c in kept.chunks]
-    cleaned = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_list([], features=FEATURES)
-    kept_sources, text_only = kept.arrays()
-    if len(cleaned) != len(kept_sources):
-        raise RuntimeError(f"the chunks hold {len(cleaned)} pairs but their statistics list {len(kept_sources)}")
-    positions = {s.name: np.flatnonzero(kept_sources == kept.codes[s.name]) for s in sources}
+    cleaned = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({k: [] for k in FEATURES},
+                                                                                            features=FEATURES)  # fmt: skip
+    kept_groups, text_only = kept.arrays()
+    if len(cleaned) != len(kept_groups):
+        raise RuntimeError(f"the chunks hold {len(cleaned)} pairs but their statistics list {len(kept_groups)}")
+    positions, repeats = apply_repeats(list(kept.groups), kept_groups, cfg.seed)
+    plans = [plan_stage(stage, k, sources, positions, text_only, cfg.seed) for k, stage in enumerate(stages)]
+    kept_by_source = ", ".join(f"{s.name}: {len(positions[s.name])}" for s in sources)
+    raise_problems("reward data stages (a stage with no pair cannot be trained on)",
+                   [f"stages[{stage.name}]: no pair kept from its sources {stage.sources} (pairs kept per source: "
+                    f"{kept_by_source}; report: see the chunks' statistics in {out / 'chunks'})"
+                    for stage, (rows, _) in zip(stages, plans) if len(rows) == 0])  # fmt: skip
     stage_rows_bytes, paths, mixes = 0, {}, {}
-    for k, stage in enumerate(stages):
-        rows, counts = plan_stage(stage, k, sources, positions, text_only, cfg.seed)
+    for stage, (rows, counts) in zip(stages, plans):
         stage_rows_bytes = max(stage_rows_bytes, 2 * rows.nbytes)  # the row numbers and their shuffled copy
         paths[stage.name] = write_records(cleaned.select(rows), out / "stages" / stage.name)
         mixes[stage.name] = {"pairs": int(len(rows)), "text_only": int(text_only[rows].sum()), "sources": counts}
@@ -348,10 +381,10 @@ def _finish(cfg, out: Path, sources, stages, total: Mapping, kept: _KeptPairs, n
     write_text_atomic(out / "stages.json", json.dumps(stage_block))
     write_text_atomic(out / "stages.yaml", yaml.safe_dump({"stages": stage_block}, sort_keys=False))
     # the index as persisted: the keys files a resumed run reloads (every chunk writes one)
-    mixing_bytes = kept_sources.nbytes + text_only.nbytes + sum(p.nbytes for p in positions.values())
+    mixing_bytes = kept_groups.nbytes + text_only.nbytes + sum(p.nbytes for p in positions.values())
     mixing_bytes += stage_rows_bytes
     index_bytes = sum(_keys_path(out, c).stat().st_size for c in range(n_chunks))
-    meta = {"stages": mixes, "cleaned_pairs": len(cleaned),
+    meta = {"stages": mixes, "cleaned_pairs": len(cleaned), "repeat_time": repeats,
             "dedup_index": {"pairs": len(pipeline.index), "bytes": index_bytes,
                             "bytes_per_pair": index_bytes / max(1, len(pipeline.index))},
             "mixing_arrays": {"pairs": len(cleaned), "bytes": mixing_bytes,

@@ -1,6 +1,8 @@
 """Mixing the cleaned pairs into training stages (the paper: stage 1 multimodal pairs, stage 2 adds text-only pairs).
 
-Per stage and source: `round(weight * n)` of its `n` cleaned pairs (a seeded permutation; weights above 1 repeat
+First, once for all stages, each source's cleaned pairs are weighed by their repeat group's `repeat_time` (MMPR's
+meta.json entries; `apply_repeats`): repeats are a sampling weight, applied after cleaning so that dedup sees every
+distinct pair once. Then per stage and source: `round(weight * n)` of its `n` pairs (a seeded permutation; weights above 1 repeat
 whole passes), at most `max_pairs`. With `text_only_share` the text-only pairs (no image) are then cut, or the
 multimodal ones, until text-only pairs make that share of the stage (never by adding pairs), each source keeping its
 proportion. The stage's order is a seeded shuffle. Everything depends only on the counts and `seed`.
@@ -8,11 +10,53 @@ proportion. The stage's order is a seeded shuffle. Everything depends only on th
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from data_builders.reward_data.config import SourceSpec, StageSpec
+
+
+class RepeatGroup(NamedTuple):
+    """Pairs that share one `repeat_time`: an MMPR meta.json entry, or (entry None) the rest of a source (1.0)."""
+
+    source: str
+    entry: str | None
+    repeat_time: float
+
+
+def repeat_plan(n_rows: int, repeat_time: float, seed: int, name: str) -> tuple[int, list[int]]:
+    """(full passes, rows of the extra partial pass) for a group of `n_rows` cleaned pairs and its `repeat_time`: the
+    integer part takes every row that many times, the fractional part adds a pass over `round(frac * n_rows)` rows
+    drawn by `random.Random(f"{seed}/{name}")` (the same for a seed and group), in row order. `0.25` keeps a seeded
+    quarter of the rows; `2.5` every row twice and a seeded half a third time. (InternVL's fine-tuning dataset,
+    `LazySupervisedDataset` in `internvl_chat_finetune.py`, keeps the first `int(n * repeat_time)` rows below 1 and
+    asserts an integer above 1; a seeded sample does not favour the file's head, and fractions above 1 are read.)"""
+    whole = int(repeat_time)
+    k = round((repeat_time - whole) * n_rows)
+    return whole, sorted(random.Random(f"{seed}/{name}").sample(range(n_rows), k)) if k else []
+
+
+def apply_repeats(groups: Sequence[RepeatGroup], group_of_row: np.ndarray, seed: int) -> tuple[dict, dict]:
+    """Per source, the rows of the cleaned dataset after each group's `repeat_time` (ascending, a row listed once
+    per time it is taken), and per source and entry `{repeat_time, cleaned, pairs}` (pairs before and after).
+
+    Args:
+        groups: the repeat groups; `group_of_row[i]` is the index in `groups` of cleaned row `i`'s group.
+    """
+    parts: dict[str, list[np.ndarray]] = {}
+    report: dict[str, dict] = {}
+    for code, group in enumerate(groups):
+        rows = np.flatnonzero(group_of_row == code)
+        whole, sampled = repeat_plan(len(rows), group.repeat_time, seed, f"{group.source}/{group.entry}")
+        taken = np.concatenate([np.tile(rows, whole), rows[sampled]])
+        parts.setdefault(group.source, []).append(taken)
+        if group.entry is not None:
+            report.setdefault(group.source, {})[group.entry] = {
+                "repeat_time": group.repeat_time, "cleaned": len(rows), "pairs": len(taken)}  # fmt: skip
+    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}, report
 
 
 def _take(n: int, weight: float, cap: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -38,7 +82,7 @@ def plan_stage(stage: StageSpec, stage_index: int, sources: Sequence[SourceSpec]
     """Rows of the cleaned dataset that make up the stage, in training order, and per-source counts.
 
     Args:
-        positions: per source, the rows of the cleaned dataset that hold its pairs.
+        positions: per source, the rows of the cleaned dataset that hold its pairs (`apply_repeats`).
         text_only: per row of the cleaned dataset, whether the pair has no image.
     """
     order = {s.name: k for k, s in enumerate(sources)}

@@ -5,28 +5,39 @@ shards (a hub snapshot), or a `datasets` folder (memory-mapped). Images: embedde
 relative to `image_root`, which is a folder, a `.zip` or a `.tar` (members read without extracting); the default is
 the file's folder. Every image comes out as `{"bytes", "path"}` so the chunks embed it.
 
-Formats (`SourceSpec.format`) and their `options`:
+Formats (`SourceSpec.format`) and their `options`; the layouts were checked against each set's dataset card and
+the public code that loads it (tests/data_builders/fixtures/reward_data/hub_layouts.py reproduces them):
 
-* ``rlaif_v``: openbmb/RLAIF-V-Dataset: `question`, `chosen`, `rejected`, `image` (`{"bytes", "path"}`) or
-  `image_path`, `idx`, `ds_name`/`origin_dataset`.
-* ``vlfeedback``: MMInstruction/VLFeedback: `id`, `prompt`, `img_path`, `completions` = [{`model`, `response`,
-  `annotations`: {aspect: {`Rating`, `Rationale`}}}]. Each completion's rating is the mean over `aspects` (default
-  all three: Helpfulness, Visual Faithfulness, Ethical Considerations); pairs are `pairs: best_vs_worst` (default)
-  or `all` pairs whose rating gap is at least `min_gap` (default 1).
-* ``llava_critic``: lmms-lab/LLaVA-Critic-113k, `pairwise` subset: `id`, `image`, `conversations` = [{from: human,
-  value: judge prompt}, {from: gpt, value: judgement}]. The judge prompt holds the question after `[Question]` and
-  the two answers between `[The Start of Assistant 1's Answer]` / `[The End of Assistant 1's Answer]` markers
-  (`Answer 1`, `Response 1`, `A`/`B` accepted); the judgement names the better one (`Answer 1 is better`,
-  `[[A]]`...). Ties and judgements that cannot be parsed are counted, never guessed.
-* ``skywork``: Skywork/Skywork-Reward-Preference-80K: `chosen`/`rejected` message lists sharing the prompt
-  turns, the last message the assistant's answer; text only.
-* ``mmpr``: OpenGVLab/MMPR: `path` is its `meta.json` ({name: {`root`, `annotation`, ...}}), each annotation a
-  JSONL of `image` (path or list under `root`), `question` (`<image>` tags), `chosen`, `rejected`.
+* ``rlaif_v``: openbmb/RLAIF-V-Dataset (card `dataset_info`; `RLAIF-V-Dataset_0NN.parquet` at the snapshot's root):
+  `question`, `chosen`, `rejected`, `image` (`{"bytes", "path"}`) or `image_path`, `idx` (a string), `ds_name`.
+* ``vlfeedback``: MMInstruction/VLFeedback: the Parquet snapshot (`data/train-*.parquet`, an `image` struct, and
+  `completions` stored as `datasets` stores the card's `sequence` of a struct: a struct of lists `{"annotations":
+  [...], "model": [...], "response": [...]}`, indexed per completion as the Silkie training code does) or the older
+  `vlfeedback_80k.jsonl` (a list of completion dicts, `img_path` in `merged_images.zip`). Each completion's rating
+  is the mean over `aspects` (default all three: Helpfulness, Visual Faithfulness, Ethical Considerations); pairs
+  are `pairs: best_vs_worst` (default) or `all` pairs whose rating gap is at least `min_gap` (default 1).
+* ``llava_critic``: lmms-lab/llava-critic-113k (card: configs `pairwise` and `pointwise`, files
+  `<config>/train-0000N-of-0000M.parquet`): `id`, `image`, `conversations` = [{from: human, value: judge prompt},
+  {from: gpt, value: judgement}]. The published pairwise prompts read `Question: [...]`, `The first response:
+  [...]`, `The second response: [...]` and the verdicts `The better response: [first]` / `[second]` (or `[1]` /
+  `[2]`); the older `[Question]` / `[The Start of Assistant 1's Answer]` markers with `Answer 1 is better` or
+  `[[A]]` verdicts are read too. Ties, unparsable judgements and pointwise rows (one response) are counted skips.
+* ``skywork``: Skywork/Skywork-Reward-Preference-80K-v0.2 (`data/train-00000-of-00001.parquet`): `chosen` /
+  `rejected` message lists (`list<struct<content, role>>`) sharing the prompt turns, the last message the
+  assistant's answer; text only.
+* ``mmpr``: OpenGVLab/MMPR: `path` is its `meta.json` ({name: {`root`, `annotation`, `repeat_time`,
+  `data_augment`, `length`}}, the InternVL meta-file convention), each annotation a JSONL of `image` (path or list
+  under `root`), `question` (`<image>` tags), `chosen`, `rejected`. Each row is read once; its pair carries
+  `repeat: (entry, repeat_time)`, a sampling weight that mixing applies after cleaning (`mixing.apply_repeats`), so
+  dedup sees no copies. `data_augment` is a training-time augmentation, reported by a warning and not applied.
 * ``mapping``: any table; `options.columns` maps record fields to its columns, e.g. `{prompt: question, chosen:
   good, rejected: bad, images: img, id: uid, chosen_rating: score_a, rejected_rating: score_b}` (ratings optional:
   equal ones make the pair ambiguous); a prompt column may hold a string or messages.
 * ``preference``: our own records (`id`, `prompt`, `chosen`, `rejected`, `images`).
 
+A file that cannot be read at all (missing, a `.parquet` that is not Parquet, text that is not UTF-8, an MMPR
+`meta.json` that is something else) raises `SourceError` naming the source and the path; a first row without the
+columns the format reads gives a warning that guesses the format it has.
 A row that cannot be converted raises `RecordError` (its `reason` is counted by the job); one row may give several
 pairs (VLFeedback with `pairs: all`).
 """
@@ -36,12 +47,16 @@ from __future__ import annotations
 import json
 import re
 import tarfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from common.io import iter_raw_rows
+import pyarrow as pa
+
+from common.errors import InputError
+from common.io import BAD_JSON, iter_raw_rows
 from common.schema import RecordError
 from data_builders.sources import as_list, first_of, user_messages
 
@@ -121,10 +136,24 @@ def _rating(completion: Mapping, aspects: tuple[str, ...], ref: str, k: int) -> 
     return sum(values) / len(values)
 
 
+def _completions(value: Any, ref: str) -> Any:
+    """VLFeedback's completions as a list of dicts. The hub's Parquet snapshot stores them as `datasets` stores a
+    `Sequence` of a struct: one struct of equal-length lists (`{"annotations": [...], "model": [...],
+    "response": [...]}`), which `datasets` also decodes that way; the JSONL layout has a list of dicts."""
+    if not isinstance(value, Mapping):
+        return value
+    lists = {k: v for k, v in value.items() if v is not None}
+    if not all(isinstance(v, list) for v in lists.values()) or len({len(v) for v in lists.values()}) > 1:
+        raise RecordError(ref, "completions", "a struct of lists of unequal lengths",
+                          ", ".join(f"{k}: {len(v) if isinstance(v, list) else type(v).__name__}"
+                                    for k, v in lists.items()))  # fmt: skip
+    return [dict(zip(lists, values)) for values in zip(*lists.values())]
+
+
 def _vlfeedback(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
     aspects = tuple(opts.get("aspects", VLFEEDBACK_ASPECTS))
     min_gap, mode = float(opts.get("min_gap", 1.0)), opts.get("pairs", "best_vs_worst")
-    completions = row.get("completions")
+    completions = _completions(row.get("completions"), ref)
     if not isinstance(completions, list) or len(completions) < 2:
         raise RecordError(ref, "completions", "fewer than two completions")
     rated = [(_rating(c, aspects, ref, k), _text(c.get("response"), ref, f"completions[{k}].response"), c.get("model"))
@@ -138,7 +167,8 @@ def _vlfeedback(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -
     if not pairs:
         problem = "all ratings equal" if rated[order[0]][0] == rated[order[-1]][0] else f"no rating gap >= {min_gap}"
         raise RecordError(ref, "completions", problem)
-    images = [resolve(im, ref, "img_path") for im in as_list(row.get("img_path"))]
+    field = "image" if row.get("image") is not None else "img_path"
+    images = [resolve(im, ref, field) for im in as_list(row.get(field))]
     prompt = user_messages(row.get("prompt"), len(images), ref, "prompt")
     return [_pair(prompt, images, rated[a][1], rated[b][1], original_id=row.get("id"), chosen_rating=rated[a][0],
                   rejected_rating=rated[b][0], chosen_model=rated[a][2], rejected_model=rated[b][2])
@@ -148,8 +178,11 @@ def _vlfeedback(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -
 _ANSWER = r"(?:Assistant|Answer|Response)?\s*{k}(?:'s)?\s*(?:Answer|Response)?"
 _QUESTION = re.compile(r"\[Question\]\s*(.*?)\s*\[The Start of", re.S)
 _VERDICT = re.compile(r"\b(?:Answer|Response|Assistant)\s*(1|2|A|B)\b(?:'s answer)?\s+is\s+(?:better|preferred|superior)"
-                      r"|\[\[(A|B)\]\]", re.I)  # fmt: skip
+                      r"|\[\[(A|B)\]\]|The better response:\s*\[(first|second|1|2)\]", re.I)  # fmt: skip
 _TIE = re.compile(r"\b(?:equally (?:good|bad|helpful)|a tie|tie\b)|\[\[C\]\]", re.I)
+# the published pairwise wording: `Question: [...]`, `The first response: [...]`, `The second response: [...]`
+_BRACKETED = ("Question: [", "The first response: [", "The second response: [")
+_POINTWISE = re.compile(r"\bresponse:\s*\[", re.I)
 
 
 def _critic_answer(prompt: str, k: str, ref: str) -> str:
@@ -161,18 +194,37 @@ def _critic_answer(prompt: str, k: str, ref: str) -> str:
     return _text(m.group(1), ref, f"answer {k}")
 
 
+def _bracketed(text: str) -> str:
+    """`text` without the `]` that closes its bracket (and anything after it, such as `ASSISTANT:`)."""
+    end = text.rfind("]")
+    return text[:end] if end >= 0 else text
+
+
+def _critic_parts(prompt: str, ref: str) -> tuple[str, dict[str, str]]:
+    """(question, {"1": first answer, "2": second answer}) of a pairwise judge prompt, in either wording."""
+    starts = [prompt.find(marker) for marker in _BRACKETED]
+    if all(i >= 0 for i in starts) and starts == sorted(starts):
+        pieces = [prompt[i + len(m) : j] for i, m, j in zip(starts, _BRACKETED, [*starts[1:], len(prompt)])]
+        question, first, second = (_bracketed(piece).strip() for piece in pieces)
+        return question, {"1": _text(first, ref, "answer 1"), "2": _text(second, ref, "answer 2")}
+    question = _QUESTION.search(prompt)
+    if question:
+        return question.group(1), {k: _critic_answer(prompt, k, ref) for k in ("1", "2")}
+    if _POINTWISE.search(prompt) and "second response" not in prompt.lower():
+        raise RecordError(ref, "conversations", "a pointwise judgement (one response): no pair")
+    raise RecordError(ref, "conversations", "no question in the judge prompt (neither 'Question: [' nor '[Question]')")
+
+
 def _llava_critic(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
     conv = row.get("conversations")
     if not isinstance(conv, list) or len(conv) < 2 or not all(isinstance(t, Mapping) for t in conv):
         raise RecordError(ref, "conversations", "expected a human turn and a gpt turn")
     prompt, judgement = str(conv[0].get("value") or ""), str(conv[-1].get("value") or "")
-    question = _QUESTION.search(prompt)
-    if not question or not question.group(1).replace("<image>", "").strip():
-        raise RecordError(ref, "conversations", "no [Question] in the judge prompt")
-    answers = {k: _critic_answer(prompt, k, ref) for k in ("1", "2")}
-    verdicts = {
-        ("1" if (m.group(1) or m.group(2)).upper() in ("1", "A") else "2") for m in _VERDICT.finditer(judgement)
-    }
+    question, answers = _critic_parts(prompt, ref)
+    if not question.replace("<image>", "").strip():
+        raise RecordError(ref, "conversations", "the question in the judge prompt is empty")
+    verdicts = {("1" if next(g for g in m.groups() if g).lower() in ("1", "a", "first") else "2")
+                for m in _VERDICT.finditer(judgement)}  # fmt: skip
     if not verdicts and _TIE.search(judgement):
         raise RecordError(ref, "conversations", "the judgement is a tie")
     if len(verdicts) != 1:
@@ -181,7 +233,7 @@ def _llava_critic(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping)
         )
     better = verdicts.pop()
     images = [resolve(im, ref, "image") for im in as_list(row.get("image"))]
-    messages = user_messages(question.group(1), len(images), ref, "conversations")
+    messages = user_messages(question, len(images), ref, "conversations")
     return [_pair(messages, images, answers[better], answers["2" if better == "1" else "1"], original_id=row.get("id"),
                   origin=row.get("source"))]  # fmt: skip
 
@@ -203,8 +255,9 @@ def _skywork(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> l
 
 
 def _mmpr(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
-    return [_question_pair(row, ref, as_list(row.get("image")), "question", resolve, original_id=row.get("id"),
-                           origin=opts.get("_subset"))]  # fmt: skip
+    pair = _question_pair(row, ref, as_list(row.get("image")), "question", resolve, original_id=row.get("id"),
+                          origin=opts["_subset"])  # fmt: skip
+    return [{**pair, "repeat": (opts["_subset"], opts["_repeat_time"])}]
 
 
 def _mapping(row: Mapping, ref: str, resolve: ImageResolver, opts: Mapping) -> list[dict]:
@@ -235,26 +288,115 @@ CONVERTERS: dict[str, Callable[[Mapping, str, ImageResolver, Mapping], list[dict
 }  # fmt: skip
 
 
-def _mmpr_tables(meta_path: Path, image_root: str | None) -> Iterator[tuple[str, Path, Path]]:
-    """(subset name, annotation JSONL, image root) for every entry of MMPR's `meta.json`."""
-    meta = json.loads(meta_path.read_text())
+# The columns each format reads (a file lacking one is probably of another format: `column_problem` says so).
+EXPECTED_COLUMNS = {"rlaif_v": ("question", "chosen", "rejected"), "vlfeedback": ("prompt", "completions"),
+                    "llava_critic": ("conversations",), "skywork": ("chosen", "rejected"),
+                    "mmpr": ("question", "chosen", "rejected"), "preference": ("prompt", "chosen", "rejected")}  # fmt: skip
+
+
+class SourceError(InputError):
+    """A source as a whole cannot be read (missing, empty, of another format); the message names source and path."""
+
+
+def column_problem(fmt: str, options: Mapping, columns: list[str]) -> str | None:
+    """Why a file with these columns does not look like `fmt` (with a guess at its format), or None."""
+    if fmt == "mapping":
+        cols = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", **(options.get("columns") or {})}
+        expected = tuple(cols[k] for k in ("prompt", "chosen", "rejected"))
+    else:
+        expected = EXPECTED_COLUMNS[fmt]
+    if all(c in columns for c in expected):
+        return None
+    guesses = sorted((f for f, cols in EXPECTED_COLUMNS.items() if f != fmt and all(c in columns for c in cols)),
+                     key=lambda f: -len(EXPECTED_COLUMNS[f]))  # fmt: skip
+    hint = f": is this format {guesses[0]}?" if guesses else ""
+    return f"columns {', '.join(expected)} expected; found {', '.join(columns)}{hint}"
+
+
+def _file_problem(path: Path) -> str | None:
+    """What makes a source unreadable before any row is read: a missing path, or a `.parquet` file (alone, or a
+    shard of a folder) that is not Parquet. An empty JSONL file is no problem here: it yields no rows."""
+    if not path.exists():
+        return "does not exist"
+    shards = [path] if path.suffix == ".parquet" and path.is_file() else []
+    if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        shards = sorted(path.rglob("*.parquet"))
+    for shard in shards:
+        which = "" if shard == path else f"{shard.relative_to(path)}: "
+        with open(shard, "rb") as f:
+            head = f.read(4)
+        if not head:
+            return f"{which}not a Parquet file (0 bytes)"
+        if head != b"PAR1":
+            return f"{which}not a Parquet file (it starts with {head!r}, not b'PAR1')"
+    return None
+
+
+def _rows(path: Path, where: str) -> Iterator[dict]:
+    """`iter_raw_rows(path)`, a problem of the file itself raised as a `SourceError` naming `where` and the path."""
+    problem = _file_problem(path)
+    if problem:
+        raise SourceError(f"{where}: {path}: {problem}")
+    try:
+        yield from iter_raw_rows(path)
+    except (OSError, UnicodeDecodeError, ValueError, pa.ArrowException) as e:
+        if isinstance(e, RecordError):
+            raise
+        raise SourceError(f"{where}: {path}: cannot be read as a table ({type(e).__name__}: {e})") from e
+
+
+def _mmpr_entries(meta_path: Path, where: str) -> dict[str, Mapping]:
+    """MMPR's `meta.json`: {entry name: {`root`, `annotation`, `repeat_time`, `data_augment`, `length`}}."""
+    if meta_path.is_dir() or meta_path.suffix != ".json":
+        raise SourceError(f"{where}: {meta_path}: the mmpr format reads MMPR's meta.json ({{name: {{root, "
+                          f"annotation, repeat_time, ...}}}}), not a {'folder' if meta_path.is_dir() else meta_path.suffix or 'file'}")  # fmt: skip
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"{where}: {meta_path}: not MMPR's meta.json ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or not meta:
+        raise SourceError(f"{where}: {meta_path}: not MMPR's meta.json (expected a non-empty mapping of entries)")
     for name, entry in meta.items():
+        missing = [k for k in ("root", "annotation") if not isinstance(entry, Mapping) or k not in entry]
+        if missing:
+            raise SourceError(f"{where}: {meta_path}: entry {name!r} has no {' or '.join(missing)}")
+        repeat = entry.get("repeat_time", 1)
+        if isinstance(repeat, bool) or not isinstance(repeat, int | float) or repeat < 0:
+            raise SourceError(f"{where}: {meta_path}: entry {name!r}: repeat_time={repeat!r} must be a number >= 0")
+    return meta
+
+
+def _mmpr_rows(meta_path: Path, image_root: str | None, where: str) -> Iterator[tuple[dict, Callable]]:
+    for name, entry in _mmpr_entries(meta_path, where).items():
         resolve = lambda p: Path(p) if Path(p).is_absolute() else meta_path.parent / p  # noqa: E731
-        root = Path(image_root) / entry["root"] if image_root else resolve(entry["root"])
-        yield name, resolve(entry["annotation"]), root
+        resolver = ImageResolver(Path(image_root) / entry["root"] if image_root else resolve(entry["root"]))
+        annotation, entry_where = resolve(entry["annotation"]), f"{where} (meta.json entry {name!r})"
+        if entry.get("data_augment"):
+            warnings.warn(f"{where}: {meta_path}: entry {name!r} has data_augment: true, an image augmentation InternVL "
+                          "applies while training; the pairs are read as they are", UserWarning, stacklevel=3)  # fmt: skip
+        convert = _bind("mmpr", resolver, {"_subset": name, "_repeat_time": float(entry.get("repeat_time", 1))})
+        for row in _rows(annotation, entry_where):
+            yield row, convert
 
 
-def iter_source_rows(fmt: str, path: str | Path, image_root: str | None = None) -> Iterator[tuple[dict, Callable]]:
-    """(raw row, converter bound to its image resolver and options) for every row of a source, in file order."""
+def iter_source_rows(fmt: str, path: str | Path, image_root: str | None = None, options: Mapping | None = None,
+                     where: str = "source") -> Iterator[tuple[dict, Callable]]:  # fmt: skip
+    """(raw row, converter bound to its image resolver and options) for every row of a source, in file order.
+
+    Raises `SourceError` (naming `where`, e.g. `sources[vlfeedback].path`, and the file) for a file that cannot be
+    read; warns when the first row's columns are not the ones `fmt` reads."""
     path = Path(path)
-    if fmt == "mmpr":
-        for name, annotation, root in _mmpr_tables(path, image_root):
-            convert = _bind(fmt, ImageResolver(root), {"_subset": name})
-            for row in iter_raw_rows(annotation):
-                yield row, convert
-        return
-    convert = _bind(fmt, ImageResolver(image_root or (path if path.is_dir() else path.parent)), {})
-    for row in iter_raw_rows(path):
+    rows = _mmpr_rows(path, image_root, where) if fmt == "mmpr" else None
+    if rows is None:
+        convert = _bind(fmt, ImageResolver(image_root or (path if path.is_dir() else path.parent)), {})
+        rows = ((row, convert) for row in _rows(path, where))
+    first = True
+    for row, convert in rows:
+        if first and BAD_JSON not in row:
+            problem = column_problem(fmt, options or {}, list(row))
+            if problem:
+                warnings.warn(f"{where}: {path}: {problem}", UserWarning, stacklevel=2)
+            first = False
         yield row, convert
 
 

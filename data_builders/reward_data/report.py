@@ -13,6 +13,8 @@ import numpy as np
 from common.tracking import wandb_run
 from data_builders.report import write_report_files
 
+MAX_EXAMPLES = 3  # rows kept per source and skip reason, to show in errors and the report
+SKIP_STEPS = ("read", "validate", "images")  # rows or pairs that could not be converted (the rest is cleaning)
 HISTOGRAMS = {"prompt_words": "prompt length (words)", "response_words": "response length (words)",
               "image_width": "image width (px)", "image_height": "image height (px)"}  # fmt: skip
 
@@ -33,7 +35,7 @@ def _merge(total: dict, part: Mapping) -> None:
 
 def new_total() -> dict[str, Any]:
     """The running total of the chunks' statistics that `add_chunk_stats` grows (histograms as counts per value)."""
-    return {"rows": 0, "sources": {}, "decontaminated": [], "flagged": {},
+    return {"rows": 0, "sources": {}, "decontaminated": [], "flagged": {}, "examples": {},
             "hist": {name: Counter() for name in HISTOGRAMS}}  # fmt: skip
 
 
@@ -41,6 +43,41 @@ def add_chunk_stats(total: dict[str, Any], chunk: Mapping) -> None:
     """Add one chunk's statistics (its `kept` list aside) to `total`: counts summed, histogram values counted,
     other lists concatenated in chunk order."""
     _merge(total, {k: v for k, v in chunk.items() if k != "kept"})
+    for reasons in total["examples"].values():
+        for examples in reasons.values():
+            del examples[MAX_EXAMPLES:]
+
+
+def source_problems(total: Mapping[str, Any], sources: list, max_skip_fraction: float) -> list[str]:
+    """Why the build must not go on silently: per source, no pair at all (unless `allow_empty`), or more than
+    `max_skip_fraction` (the source's own, else the job's) of a step's rows or pairs skipped for one reason at a
+    conversion step (`SKIP_STEPS`), each with the reason and up to 3 example rows."""
+    problems = []
+    for spec in sources:
+        steps = total["sources"].get(spec.name)
+        rows = steps["read"]["in"] if steps else 0
+        pairs = steps["validate"]["out"] - sum(steps["images"]["dropped"].values()) if steps else 0
+        examples = total["examples"].get(spec.name, {})
+        limit = spec.max_skip_fraction if spec.max_skip_fraction is not None else max_skip_fraction
+        skipped = [(reason, n, st["in"]) for step in SKIP_STEPS if steps
+                   for st in [steps[step]] for reason, n in sorted(st["dropped"].items())]  # fmt: skip
+
+        def shown(reason: str, examples: Mapping = examples) -> str:
+            return "; e.g. " + " | ".join(examples[reason]) if examples.get(reason) else ""
+
+        if pairs == 0 and not spec.allow_empty:
+            why = "; ".join(f"{reason}: {n} of {n_in}{shown(reason)}" for reason, n, n_in in skipped) or "no row read"
+            problems.append(f"sources[{spec.name}]: 0 pairs from {rows} rows ({spec.path}): {why}. Check its format "
+                            "and path, or set allow_empty: true on the source")  # fmt: skip
+            continue
+        if spec.allow_empty and spec.max_skip_fraction is None:
+            continue
+        for reason, n, n_in in skipped:
+            if n > limit * n_in:
+                problems.append(f"sources[{spec.name}]: {n} of {n_in} ({n / n_in:.0%}) skipped for '{reason}', above "
+                                f"max_skip_fraction {limit}{shown(reason)}. Set the source's max_skip_fraction to "
+                                "accept it")  # fmt: skip
+    return problems
 
 
 def build_report(total: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
@@ -48,7 +85,8 @@ def build_report(total: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
     for d in total["decontaminated"]:
         overlaps[d["benchmark"]] = overlaps.get(d["benchmark"], 0) + 1
     return {"rows": total["rows"], "sources": total["sources"], "overlaps": overlaps,
-            "decontaminated": len(total["decontaminated"]), "flagged": total["flagged"], **meta}  # fmt: skip
+            "decontaminated": len(total["decontaminated"]), "flagged": total["flagged"],
+            "skip_examples": total["examples"], **meta}  # fmt: skip
 
 
 def _markdown(report: Mapping[str, Any]) -> str:
@@ -58,6 +96,19 @@ def _markdown(report: Mapping[str, Any]) -> str:
         for step, st in steps.items():
             why = ", ".join(f"{r}: {n}" for r, n in sorted(st["dropped"].items())) or "-"
             lines.append(f"| {step} | {st['in']} | {st['out']} | {why} |")
+        lines.append("")
+    if report["repeat_time"]:
+        lines += [
+            "## repeat_time (a sampling weight applied after cleaning, not counted as duplicates)",
+            "",
+            "| source | entry | repeat_time | cleaned pairs | pairs after repeat_time |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {source} | {entry} | {g['repeat_time']:g} | {g['cleaned']} | {g['pairs']} |"
+            for source, entries in report["repeat_time"].items()
+            for entry, g in entries.items()
+        ]
         lines.append("")
     lines += ["## Benchmark overlaps (decontaminated.jsonl lists them)", ""]
     lines += [f"- {b}: {n}" for b, n in sorted(report["overlaps"].items())] or ["- none"]

@@ -243,7 +243,10 @@ def test_shipped_paper_config_parses_and_only_misses_the_data():
     sources, stages, benchmarks, problems = cfg.specs()
     assert [s.name for s in stages] == ["multimodal", "with_text"] and len(benchmarks) == 3
     assert set(stages[1].sources) - set(stages[0].sources) == {"skywork"}  # stage 2 adds the text-only pairs
-    assert problems and all("does not exist" in p for p in problems)
+    # hub ids not in the local cache: each problem says which command downloads the snapshot
+    hub = [p for p in problems if p.startswith("sources[") and "huggingface-cli download --repo-type dataset" in p]
+    assert {p.split("]")[0] for p in hub} == {"sources[llava_critic", "sources[rlaif_v", "sources[skywork"}
+    assert all("does not exist" in p for p in problems if p not in hub)
 
 
 def test_bad_config_lists_every_problem(tmp_path):

@@ -19,7 +19,7 @@ def read(fmt, path, image_root=None, **options):
     """(valid records, Counter of skip reasons) of one source, as the job's read + validate steps see them."""
     records, reasons = [], collections.Counter()
     for index, (row, convert) in enumerate(
-        iter_source_rows(fmt, FIXTURES / path, image_root and FIXTURES / image_root)
+        iter_source_rows(fmt, FIXTURES / path, image_root and FIXTURES / image_root, options)
     ):
         try:
             check_row_parsed(row, index)
@@ -63,7 +63,7 @@ def test_vlfeedback_pairs_from_the_rating_gap_with_images_in_a_zip():
 def test_llava_critic_recovers_the_pair_from_the_judgement():
     records, reasons = read("llava_critic", "llava_critic.parquet")
     assert reasons == {"conversations: the judgement is a tie": 1, "conversations: no verdict in the judgement": 1,
-                       "conversations: no [Question] in the judge prompt": 1}  # fmt: skip
+                       "conversations: no question in the judge prompt (neither 'Question: [' nor '[Question]')": 1}  # fmt: skip
     assert [texts(r) for r in records] == [
         ("How many dots are there?", "Three red dots.", "Two dots."),  # "Answer 2 is better"
         ("Where are the dots?", "Scattered over the image.", "In a line."),  # "[[A]]"
