@@ -217,6 +217,7 @@ def create_app(scorer, cfg: ServeConfig, model_info: dict | None = None) -> Fast
         await batcher.start()
         yield
         await batcher.stop(wait=not drain.expired.done())
+        await fetcher.aclose()
         parse_pool.shutdown(wait=False, cancel_futures=True)
 
     docs = {} if not cfg.api_key else {"docs_url": None, "redoc_url": None, "openapi_url": None}

@@ -62,6 +62,11 @@ class UrlFetcher:
         self.policy = policy
         self._hosts, self._networks = parse_allowlist(policy.url_allowlist)
         self._slots: asyncio.Semaphore | None = None
+        self._client: httpx.AsyncClient | None = None  # one for the server: its TLS context is costly to build
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
 
     def allowed(self, host: str, ip: Address) -> bool:
         if host.lower().rstrip(".") in self._hosts:
@@ -74,27 +79,27 @@ class UrlFetcher:
         and `max_total_bytes` in all. Raises `RequestError` naming the first item whose URL failed."""
         if not urls:
             return {}
-        if self._slots is None:
+        if self._client is None:
             self._slots = asyncio.Semaphore(self.policy.max_concurrent_fetches)
+            self._client = httpx.AsyncClient(timeout=self.policy.url_timeout_s, follow_redirects=False,
+                                             trust_env=False)  # fmt: skip
         total = [0]
-        timeout = httpx.Timeout(self.policy.url_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            tasks = {url: asyncio.create_task(self._fetch(client, url, total, max_total_bytes)) for url in urls}
-            out, where = {}, None
-            try:
-                async with asyncio.timeout(self.policy.url_timeout_s):
-                    for url, task in tasks.items():
-                        where = urls[url]
-                        out[url] = await task
-            except (_Failed, TimeoutError, httpx.HTTPError, OSError, ValueError):
-                raise RequestError(400, "image_fetch_failed", FETCH_FAILED, where) from None
-            finally:
-                for task in tasks.values():
-                    task.cancel()
-                await asyncio.gather(*tasks.values(), return_exceptions=True)
+        tasks = {url: asyncio.create_task(self._fetch(url, total, max_total_bytes)) for url in urls}
+        out, where = {}, None
+        try:
+            async with asyncio.timeout(self.policy.url_timeout_s):
+                for url, task in tasks.items():
+                    where = urls[url]
+                    out[url] = await task
+        except (_Failed, TimeoutError, httpx.HTTPError, OSError, ValueError):
+            raise RequestError(400, "image_fetch_failed", FETCH_FAILED, where) from None
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
         return out
 
-    async def _fetch(self, client: httpx.AsyncClient, url: str, total: list[int], max_total: int) -> bytes:
+    async def _fetch(self, url: str, total: list[int], max_total: int) -> bytes:
         async with self._slots:
             parts = urlsplit(url)
             host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
@@ -109,7 +114,7 @@ class UrlFetcher:
             target = parts._replace(netloc=netloc).geturl()
             headers = {"Host": parts.netloc.rpartition("@")[2]}
             data = bytearray()
-            async with client.stream("GET", target, headers=headers, extensions={"sni_hostname": host}) as r:
+            async with self._client.stream("GET", target, headers=headers, extensions={"sni_hostname": host}) as r:
                 if r.status_code != 200:
                     raise _Failed(f"HTTP {r.status_code}")
                 async for chunk in r.aiter_bytes():
