@@ -380,6 +380,10 @@ class RequestParser:
     def _pending(self, prompt: list[dict], refs: list, response: str, ref: str, images_at: str) -> Pending:
         chars = len(response) + sum(len(p.get("text", "")) for m in prompt for p in m["content"])
         self._check_chars(chars, ref)
+        for j, image in enumerate(refs):
+            if not isinstance(image, str) or not image:
+                raise RequestError(400, "invalid_image", "an image must be a non-empty string (data URI, path or URL), "
+                                   f"got {type(image).__name__}", f"{images_at}.images[{j}]")  # fmt: skip
         return Pending(prompt, refs, response, ref, images_at)
 
     def _normalize(self, messages: list, images: list, where: str) -> tuple[list[dict], list[str]]:

@@ -91,7 +91,7 @@ class UrlFetcher:
                 for url, task in tasks.items():
                     where = urls[url]
                     out[url] = await task
-        except (_Failed, TimeoutError, httpx.HTTPError, OSError, ValueError):
+        except Exception:  # any failure (refused, DNS, TLS, HTTP, invalid URL, too large, too slow) reads the same
             raise RequestError(400, "image_fetch_failed", FETCH_FAILED, where) from None
         finally:
             for task in tasks.values():

@@ -6,7 +6,6 @@ than 500 past the shutdown deadline). All servers are on loopback."""
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import re
 import signal
@@ -21,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from benchmarks.bench_server import bomb_uri
 from common.distributed import free_port
 from common.processor import load_processor
 from common.toy_task import make_example
@@ -28,7 +28,7 @@ from reward.scorer import assistant_message
 from reward.serving.app import ServeConfig, create_app
 from reward.serving.fetch import FETCH_FAILED
 from reward.serving.images import to_data_uri
-from reward.serving.process import server_process
+from reward.serving.process import image_host, peak_rss, server_process
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 PNG = base64.b64decode(to_data_uri(make_example(0, "eval", 0, "color").image).split(",")[1])
@@ -55,53 +55,11 @@ def _app(processor, **cfg):
         yield client
 
 
-class _Remote(http.server.BaseHTTPRequestHandler):
-    """A loopback image host: `/img.png`, `/missing` (404), `/redirect` (to /img.png), `/drip` (a PNG header, then 1
-    byte every 0.5 s for 60 s). Every request's path is recorded in `server.hits`."""
-
-    def do_GET(self):
-        self.server.hits.append(self.path)
-        if self.path == "/img.png":
-            self._send(200, PNG)
-        elif self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", "/img.png")
-            self.end_headers()
-        elif self.path == "/drip":
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            try:
-                for _ in range(120):
-                    self.wfile.write(b"\x00")
-                    self.wfile.flush()
-                    time.sleep(0.5)
-            except OSError:
-                pass  # the server hung up: what the deadline should do
-        else:
-            self._send(404, b"no")
-
-    def _send(self, status, body):
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @contextmanager
 def _remote():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Remote)
-    server.daemon_threads = True
-    server.hits = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """The loopback image host: `/img.png`, `/missing` (404), `/redirect`, `/drip` (1 byte every 0.5 s for 60 s)."""
+    with image_host({"/img.png": PNG}) as (server, base):
+        yield server, base
 
 
 def _item(image=None, text="red"):
@@ -225,6 +183,8 @@ def _bad_inputs(root: Path) -> dict:
                         "invalid_request", "items[0].images"),
         "images is {}": ({"items": [{"messages": [user, assistant_message("x")], "images": {}}]}, 400,
                          "invalid_request", "items[0].images"),
+        "an image that is an object": ({"items": [{"messages": [{"role": "user", "content": [{"type": "image"}]},
+            assistant_message("x")], "images": [{"url": "x"}]}]}, 400, "invalid_image", "items[0].images[0]"),
         "role is a list": ({"items": [{"messages": [{"role": ["user"], "content": "x"}, assistant_message("x")]}]},
                            400, "invalid_request", "items[0].messages[0].role"),
     }  # fmt: skip
@@ -232,7 +192,8 @@ def _bad_inputs(root: Path) -> dict:
 
 @pytest.mark.parametrize("case", ["JSON nested 10^5 levels", "symlink loop", "5000-character name", "NUL in the name",
                                   "no user turn", "group with an empty prompt", "image_url as a string",
-                                  "images is 0", "images is {}", "role is a list"])  # fmt: skip
+                                  "images is 0", "images is {}", "an image that is an object",
+                                  "role is a list"])  # fmt: skip
 def test_hostile_input_gets_a_4xx_naming_the_item(processor, tmp_path, case):
     body, status, kind, item = _bad_inputs(tmp_path)[case]
     with _app(processor, image_root=str(tmp_path)) as client:
@@ -248,7 +209,7 @@ def test_counts_and_sizes_are_refused_before_any_tokenizing_or_decoding(processo
     import reward.serving.api as api
 
     calls = {"template": 0, "decode": 0}
-    template, decode = processor.apply_chat_template, api.decode
+    template, decode = processor.apply_chat_template, getattr(api, "decode", None)
 
     def counted(name, fn):
         def call(*args, **kwargs):
@@ -258,10 +219,10 @@ def test_counts_and_sizes_are_refused_before_any_tokenizing_or_decoding(processo
         return call
 
     monkeypatch.setattr(processor, "apply_chat_template", counted("template", template))
-    monkeypatch.setattr(api, "decode", counted("decode", decode))
+    monkeypatch.setattr(api, "decode", counted("decode", decode), raising=False)
     prompt = [{"role": "user", "content": "What color?"}]
     uri = [to_data_uri(Image.new("RGB", (224, 224), (i, 0, 0))) for i in range(3)]  # 50176 pixels each
-    with _app(processor, max_request_pixels=50176 * 2) as client:
+    with _app(processor) as client:
         r = client.post("/v1/score_groups", json={"groups": [{"prompt": prompt, "responses": ["x"] * 10_000}]})
         assert r.status_code == 413 and r.json()["error"]["type"] == "too_many_items"
         assert r.json()["error"]["item"] == "groups[0].responses"
@@ -269,6 +230,7 @@ def test_counts_and_sizes_are_refused_before_any_tokenizing_or_decoding(processo
         assert r.status_code == 413 and r.json()["error"] == {
             "type": "text_too_long", "item": "items[0]",
             "message": "1000011 characters of text, more than 65536 per item"}  # fmt: skip
+    with _app(processor, max_request_pixels=50176 * 2) as client:
         r = client.post("/v1/score", json={"items": [_item(u) for u in uri]})  # 3 distinct images: over the budget
         assert r.status_code == 413 and r.json()["error"]["type"] == "too_many_pixels"
         assert calls == {"template": 0, "decode": 0}
@@ -324,20 +286,6 @@ def test_requests_past_the_shutdown_deadline_get_503_and_the_exit_is_clean(tiny_
 
 
 # ------------------------------------------------------------------------------------------------------- memory
-def _bomb(i: int) -> str:
-    """A 1-bit 4096 x 4096 PNG (~2 KiB, 16.7 M pixels), distinct per `i`."""
-    im = Image.new("1", (4096, 4096))
-    im.putpixel((i, i), 1)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _peak_rss(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
-
-
 def test_peak_memory_of_the_worst_request_stays_within_the_budget(tiny_reward_path):
     """2 items x 8 distinct 4096 x 4096 images, the most the limits below allow: the server's peak RSS grows by at
     most what the budget allows (each parse thread decodes one full-size image: 1 B/pixel for the 1-bit decode + 4 for
@@ -349,12 +297,12 @@ def test_peak_memory_of_the_worst_request_stays_within_the_budget(tiny_reward_pa
     with server_process(tiny_reward_path, *flags) as (proc, url):
         warm = {"items": [{**_item(small), "messages": _many(images), "images": [small] * images}] * items}
         assert httpx.post(url + "/v1/score", json=warm, timeout=120).status_code == 200
-        before = _peak_rss(proc.pid)
-        worst = {"items": [{"messages": _many(images), "images": [_bomb(i * images + j) for j in range(images)]}
+        before = peak_rss(proc.pid)
+        worst = {"items": [{"messages": _many(images), "images": [bomb_uri(i * images + j) for j in range(images)]}
                            for i in range(items)]}  # fmt: skip
         r = httpx.post(url + "/v1/score", json=worst, timeout=300)
         assert r.status_code == 200, r.text
-        growth = _peak_rss(proc.pid) - before
+        growth = peak_rss(proc.pid) - before
     held = items * images * 224 * 224 * 4  # resized to the tiny processor's max_pixels (224 x 224)
     bound = threads * pixels * (1 + 4) + held + 256 * 2**20
     assert growth <= bound, f"peak RSS grew {growth / 2**20:.0f} MiB, bound {bound / 2**20:.0f} MiB"
