@@ -238,6 +238,36 @@ def test_counts_and_sizes_are_refused_before_any_tokenizing_or_decoding(processo
         assert r.status_code == 200 and calls == {"template": 5, "decode": 1}
 
 
+def test_the_queue_pixel_budget_answers_503_while_full(processor):
+    """With room for one request's images in the queue, a second image request gets a 503 (the client retries) while
+    the first is being scored, and is accepted once the first is answered."""
+    release = threading.Event()
+
+    class Blocking(_Scorer):
+        def score_groups(self, groups):
+            release.wait(timeout=60)
+            return super().score_groups(groups)
+
+    images = [to_data_uri(Image.new("RGB", (224, 224), (i, 0, 0))) for i in range(2)]
+    cfg = ServeConfig(max_request_pixels=50176, max_queue_pixels=50176, max_wait_ms=0)
+    with TestClient(create_app(Blocking(processor), cfg)) as client:
+        first = []
+        body = {"items": [_item(images[0])]}
+        thread = threading.Thread(target=lambda: first.append(client.post("/v1/score", json=body)))
+        thread.start()
+        for _ in range(200):  # bounded: until the first request is in the model call
+            text = client.get("/metrics").text
+            if "reward_queue_depth 0.0" in text and "reward_requests_in_flight 1.0" in text:
+                break
+            time.sleep(0.02)
+        r = client.post("/v1/score", json={"items": [_item(images[1])]})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded"
+        release.set()
+        thread.join(timeout=60)
+        assert first[0].status_code == 200
+        assert client.post("/v1/score", json={"items": [_item(images[1])]}).status_code == 200
+
+
 # --------------------------------------------------------------------------------------------------- the contract
 def test_error_contract_of_every_route(processor):
     with _app(processor, api_key="k") as client:
@@ -289,7 +319,8 @@ def test_requests_past_the_shutdown_deadline_get_503_and_the_exit_is_clean(tiny_
 def test_peak_memory_of_the_worst_request_stays_within_the_budget(tiny_reward_path):
     """2 items x 8 distinct 4096 x 4096 images, the most the limits below allow: the server's peak RSS grows by at
     most what the budget allows (each parse thread decodes one full-size image: 1 B/pixel for the 1-bit decode + 4 for
-    RGB; the request holds its resized images), plus room for the model call. Before the fix: 2.8 GiB."""
+    RGB; the request holds its resized images), plus room for the model call. The code before these guards
+    grew 2.1 GiB (`benchmarks/bench_server.py --only guards`)."""
     threads, items, images, pixels = 2, 2, 8, 4096 * 4096
     flags = ["--device", "cpu", "--max_items_per_request", str(items), "--max_images_per_item", str(images),
              "--parse_threads", str(threads), "--max_wait_ms", "0"]  # fmt: skip
