@@ -337,10 +337,6 @@ class RequestParser:
         key = group_key(p.prompt, [im.digest for im in images])
         return Unit(key, p.prompt, [im.decoded for im in images], p.response, tokens, p.ref)
 
-    def parse(self, plan: Plan, fetched: dict[str, bytes] | None = None) -> list[Unit]:
-        """`decode(inspect(plan))` without a queue budget (tests, tools)."""
-        return self.decode(self.inspect(plan, fetched))
-
     # -------------------------------------------------------------------------------------------- helpers
     def _list_field(self, body: Any, name: str) -> list:
         _expect(body, dict, None, "a JSON object")
