@@ -1,6 +1,7 @@
 """The one image loader: a PIL image, a path or a `{"bytes", "path"}` dict, checked before any model sees it.
 
     check_image(image, base_dir)  -> the image with its path resolved, after the checks below (validation)
+    open_header(image)            -> the lazily opened image after the size checks, nothing decoded (budgeting)
     load_image(image, base_dir)   -> an RGB PIL image, after the same checks (scoring, sampling)
 
 Checks, each an `ImageError` whose `problem` names the class (the reason skips are counted under):
@@ -19,7 +20,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from PIL import Image
@@ -86,6 +88,24 @@ def _check_size(im: Image.Image, name: str, max_image_pixels: int | None) -> Non
                          "set VLRM_MAX_IMAGE_PIXELS to allow more")  # fmt: skip
     if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise ImageError(BAD_ASPECT_RATIO, f"{name}: {width}x{height}; Qwen-VL's resize refuses it")
+
+
+@contextmanager
+def open_header(image: Any, base_dir: str | None = None, max_image_pixels: int | None = None) -> Iterator[Image.Image]:
+    """The lazily opened image (its header read, no pixel decoded) after the size and aspect-ratio checks: what a
+    caller needs to budget memory before decoding. Closed on exit.
+
+    Raises:
+        ImageError: as `check_image`, but without reading the data.
+    """
+    image = resolve_image(image, base_dir)
+    im, name = _open(image)
+    try:
+        _check_size(im, name, max_image_pixels)
+        yield im
+    finally:
+        if im is not image:
+            im.close()
 
 
 def check_image(image: Any, base_dir: str | None = None, max_image_pixels: int | None = None) -> Any:

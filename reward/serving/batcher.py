@@ -49,17 +49,19 @@ class DynamicBatcher:
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._run())
 
-    async def stop(self) -> None:
-        """Finish everything queued, then stop the worker."""
+    async def stop(self, wait: bool = True) -> None:
+        """Finish everything queued (or, with `wait=False`, drop it: its requests have had their answer), then stop
+        the worker."""
         if self._task is None:
             return
-        await self._queue.join()
+        if wait:
+            await self._queue.join()
         self._task.cancel()
         try:
             await self._task
         except asyncio.CancelledError:
             pass
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=wait, cancel_futures=True)
 
     def submit(self, units: list[Unit]) -> list[asyncio.Future]:
         """Queue `units`; each future resolves to its score or raises its `RequestError`."""

@@ -34,7 +34,9 @@ def local(tiny_reward_path):
 
 @pytest.fixture(scope="module")
 def url(tiny_reward_path):
-    with server_process(tiny_reward_path, "--device", "cpu", "--max_wait_ms", "20", "--allow_urls") as (_, base):
+    with server_process(
+        tiny_reward_path, "--device", "cpu", "--max_wait_ms", "20", "--allow_urls", "--url_allowlist", "127.0.0.1/32"
+    ) as (_, base):  # the test image server is on loopback
         yield base
 
 
