@@ -46,6 +46,7 @@ from common.tracking import wandb_run
 from data_builders.build import build_pairs
 from data_builders.config import BuildPairsConfig
 from data_builders.report import merge_stats
+from data_builders.scoring import ServedRewardModel
 from data_builders.sources import read_prompts
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
@@ -283,7 +284,8 @@ class Rounds:
         torch.manual_seed(cfg.seed)
         inputs = {name: _config_path(v) if name.endswith("_config") and v else v
                   for name in INPUTS for v in [getattr(cfg, name)]}  # fmt: skip
-        claim_output_dir(self.out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
+        served = [ServedRewardModel.of(cfg.reward_url)] if cfg.reward_url else []  # the model, not the URLs
+        claim_output_dir(self.out, [cfg, *served], inputs, overwrite=cfg.overwrite_output_dir)
         self.log(f"rounds run in {self.out} ({cfg.num_rounds} rounds)")
         pool = read_prompts(cfg.prompts, skipped=SkipLog())
         eval_prompts = list(read_prompts(cfg.eval_prompts, skipped=SkipLog()))

@@ -96,6 +96,7 @@ class RewardDataConfig:
     NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
         "output_dir", "overwrite_output_dir", "progress", "report_to", "wandb_project", "run_name", "num_proc",
         "device", "score_batch_size",
+        "reward_url",  # the served model counts instead (`job.FilterScorer`)
     )  # fmt: skip
 
     # > inputs
