@@ -11,12 +11,14 @@ verl does not install into the project's environment (its pins clash); to run it
     python -m venv /tmp/verl-venv && echo "$PWD/.venv/lib/python3.11/site-packages" \\
         > /tmp/verl-venv/lib/python3.11/site-packages/project.pth
     /tmp/verl-venv/bin/pip install --no-deps verl==0.9.1 ray tensordict omegaconf antlr4-python3-runtime codetiming \\
-        jsonschema attrs referencing rpds-py jsonschema-specifications pyvers cloudpickle
+        jsonschema attrs referencing rpds-py jsonschema-specifications pyvers cloudpickle aiohttp aiohappyeyeballs \\
+        aiosignal frozenlist multidict yarl propcache orjson
     /tmp/verl-venv/bin/python -m pytest -q tests/reward/test_verl.py
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib.util
 import io
@@ -225,8 +227,10 @@ def test_no_server_always_raises(parquet, monkeypatch):
 
 def test_with_verls_own_dataset_and_reward_managers(parquet, prompts, url, local, tiny_vlm_path, tmp_path):
     """verl's RLHFDataset reads the helper's Parquet, its collate_fn / DataProto.repeat build the batch, and its
-    naive and batch reward managers call our functions loaded by its get_custom_reward_fn."""
+    reward managers (the legacy naive and batch ones, and the 0.9 reward loop's naive one) call our functions loaded
+    by its get_custom_reward_fn."""
     pytest.importorskip("verl.workers.reward_manager", reason="verl is not installed (see the module docstring)")
+    loop_naive = pytest.importorskip("verl.experimental.reward_loop.reward_manager.naive")
     import torch
     from omegaconf import OmegaConf
     from verl import DataProto
@@ -261,3 +265,14 @@ def test_with_verls_own_dataset_and_reward_managers(parquet, prompts, url, local
         got = rewards[torch.arange(len(batch)), ends].tolist()
         assert got == pytest.approx(want, abs=1e-4), name
         assert float(rewards.sum()) == pytest.approx(sum(want), abs=1e-3)  # nothing anywhere else
+    # verl 0.9's trainer: the reward loop's naive manager, one sample per run_single, run concurrently
+    fn = {"path": str(verl.__file__), "name": "compute_score", "reward_kwargs": {"reward_url": url}}
+    compute_score = get_custom_reward_fn(OmegaConf.create({"reward": {"custom_reward_function": fn}}))
+    manager = loop_naive.NaiveRewardManager(OmegaConf.create({}), tokenizer, compute_score)
+    samples = copy.deepcopy(batch)
+
+    async def all_samples():
+        return await asyncio.gather(*(manager.run_single(samples[i : i + 1]) for i in range(len(samples))))
+
+    got = [r["reward_score"] for r in manager.loop.run_until_complete(all_samples())]
+    assert got == pytest.approx(want, abs=1e-4), "reward loop naive"
