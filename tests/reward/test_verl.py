@@ -22,6 +22,7 @@ import asyncio
 import copy
 import importlib.util
 import io
+import json
 import logging
 import os
 import re
@@ -276,3 +277,20 @@ def test_with_verls_own_dataset_and_reward_managers(parquet, prompts, url, local
 
     got = [r["reward_score"] for r in manager.loop.run_until_complete(all_samples())]
     assert got == pytest.approx(want, abs=1e-4), "reward loop naive"
+
+
+def test_recipe_lists_every_problem_then_writes_the_split(monkeypatch, toy_data, tmp_path, capsys):
+    from tests.test_recipes import _run_recipe
+
+    with pytest.raises(ValueError) as err:
+        _run_recipe(monkeypatch, "prepare_verl_data.py", "--prompts", tmp_path / "none", "--output", tmp_path / "x.json",
+                    "--on_bad_record", "ignore")  # fmt: skip
+    for needle in ("prompts: ", "does not exist", "output=", "give a .parquet file", "on_bad_record='ignore'"):
+        assert needle in str(err.value), needle
+    out = tmp_path / "verl" / "test.parquet"
+    _run_recipe(monkeypatch, "prepare_verl_data.py", "--prompts", toy_data["prompts_eval"], "--output", out,
+                "--split", "test")  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    ds = datasets.load_dataset("parquet", data_files=str(out))["train"]
+    assert report["rows"] == len(ds) == 16 and report["skipped"]["total"] == 0
+    assert set(ds["data_source"]) == {"prompts_eval"} and set(e["split"] for e in ds["extra_info"]) == {"test"}
