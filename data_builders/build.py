@@ -13,7 +13,8 @@ Layout of `output_dir`::
 **Resume.** Killing the job at any moment loses at most the chunks being worked on: a chunk counts only once its
 statistics file exists, and both its files are renamed into place atomically. Rerunning the same command skips the
 finished chunks, provided the settings that decide the output and the inputs' content (prompts, policy and reward
-model weights, hashed) are those of the first run; otherwise the rerun is refused, naming what changed
+model weights, hashed; with `reward_url`, the served model's fingerprint, whatever the URLs) are those of the first
+run; otherwise the rerun is refused, naming what changed
 (`--overwrite_output_dir true` starts over). Each prompt samples with its own seed (`prompt_seed(seed, prompt id)`),
 so a resumed run writes the same dataset as an uninterrupted one.
 
@@ -47,7 +48,7 @@ from data_builders.config import BuildPairsConfig
 from data_builders.pairing import pair_record, select_pairs
 from data_builders.report import MAX_EXAMPLES, add_count, log_to_wandb, merge_stats, new_stats, write_report
 from data_builders.sampling import PromptTooLong, Sampler, make_sampler, prompt_seed
-from data_builders.scoring import make_remote_scorer, make_scorer
+from data_builders.scoring import ServedRewardModel, make_remote_scorer, make_scorer
 from data_builders.sources import read_prompts
 from reward.model import check_value_head
 
@@ -58,12 +59,14 @@ SCORING_FAILED = "scoring failed"
 
 def prepare_output_dir(cfg: BuildPairsConfig, rank: int) -> Path:
     """Claim `output_dir` (`common.run_folder`: same settings and same prompts, policy and reward model content, or
-    refused naming what changed) and clear the half-written files a killed run left."""
+    refused naming what changed) and clear the half-written files a killed run left. With `reward_url` the served
+    model's fingerprint counts, not the URLs (`ServedRewardModel`)."""
     out = Path(cfg.output_dir)
     inputs = {"prompts": cfg.prompts, "policy": cfg.policy_name_or_path, "reward_model": cfg.reward_model_name_or_path}
     if cfg.image_root:
         inputs["image_root"] = cfg.image_root
-    claim_output_dir(out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
+    configs = [cfg, ServedRewardModel.of(cfg.reward_url)] if cfg.reward_url else [cfg]
+    claim_output_dir(out, configs, inputs, overwrite=cfg.overwrite_output_dir)
     if rank == 0:
         prepare_chunks_dir(out)
     barrier()

@@ -19,6 +19,7 @@ class BuildPairsConfig:
     NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
         "output_dir", "overwrite_output_dir", "progress", "report_to", "wandb_project", "run_name", "device",
         "score_batch_size", "local_rank", "on_bad_record",
+        "reward_url",  # the served model counts instead (`data_builders.scoring.ServedRewardModel`)
     )  # fmt: skip
 
     # > inputs

@@ -6,7 +6,8 @@
 It is a `common.scoring.Scorer`, so it plugs in wherever one is taken (pair building, the MPO eval hook). A large
 call is cut into requests of at most `max_items_per_request` responses, spread over the URLs (replicas) and sent
 concurrently; connection errors and 5xx are retried with exponential backoff on the next URL, a 4xx is raised at once
-as `RewardServerError` naming the item.
+as `RewardServerError` naming the item. `model_info()` asks every replica which model it serves (`/info`) and
+refuses replicas that disagree.
 """
 
 from __future__ import annotations
@@ -109,7 +110,44 @@ class RewardClient:
             out[g].extend(scores)
         return out
 
+    def model_info(self) -> dict:
+        """The served model's `/info` (`model_fingerprint`, `dtype`, ...), the same on every URL.
+
+        Raises:
+            RewardServerError: a replica is unreachable, reports no fingerprint (an older server), or serves another
+                model (fingerprint or dtype) than the first URL.
+        """
+        infos = [self._get(url, "/info") for url in self.urls]
+        first, want = self.urls[0], _served(infos[0])
+        if want[0] is None:
+            raise RewardServerError(f"{first}/info reports no model_fingerprint: upgrade the reward server")
+        for url, info in zip(self.urls[1:], infos[1:]):
+            if _served(info) != want:
+                raise RewardServerError(f"the reward servers serve different models: {first} has (fingerprint, dtype)"
+                                        f" {want}, {url} has {_served(info)}")  # fmt: skip
+        return infos[0]
+
     # ------------------------------------------------------------------------------------------------ transport
+    def _get(self, url: str, path: str) -> dict:
+        """GET `url + path`, retrying connection errors and 5xx like `_post`."""
+        last = None
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._http.get(url + path)
+            except httpx.TransportError as e:
+                last = f"{url}{path}: {type(e).__name__}: {e}"
+            else:
+                if r.status_code == 200:
+                    return r.json()
+                error = _error_of(r)
+                if r.status_code < 500:
+                    raise RewardServerError(f"{url}{path}: HTTP {r.status_code}: {error.get('message')}",
+                                            r.status_code, error.get("type"))  # fmt: skip
+                last = f"{url}{path}: HTTP {r.status_code}: {error.get('message')}"
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        raise RewardServerError(f"reward server failed after {self.retries + 1} attempts; last: {last}")
+
     def _post_all(self, path: str, bodies: list[dict]) -> list[dict]:
         if len(bodies) == 1:
             return [self._post(path, bodies[0], 0)]
@@ -137,6 +175,10 @@ class RewardClient:
             if attempt < self.retries:
                 time.sleep(self.backoff_s * 2**attempt)
         raise RewardServerError(f"reward server failed after {self.retries + 1} attempts; last: {last}")
+
+
+def _served(info: dict) -> tuple[str | None, str | None]:
+    return info.get("model_fingerprint"), info.get("dtype")
 
 
 def _error_of(response: httpx.Response) -> dict:

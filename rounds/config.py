@@ -22,7 +22,8 @@ class RoundsConfig:
     # is the run's identity.
     NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
         "output_dir", "overwrite_output_dir", "launcher", "report_to", "wandb_project", "run_name", "device",
-        "eval_batch_size")  # fmt: skip
+        "eval_batch_size", "reward_url",  # reward_url: the served model counts instead (ServedRewardModel)
+    )  # fmt: skip
 
     # > inputs
     policy_name_or_path: str = field(default=None, metadata={"help": "The initial policy (round 1 starts from it)."})

@@ -46,6 +46,7 @@ from common.tracking import wandb_run
 from data_builders.build import build_pairs
 from data_builders.config import BuildPairsConfig
 from data_builders.report import merge_stats
+from data_builders.scoring import ServedRewardModel
 from data_builders.sources import read_prompts
 from mpo.config import MPOConfig
 from mpo.train import train_mpo
@@ -296,7 +297,8 @@ class Rounds:
                   for name in INPUTS for v in [getattr(cfg, name)]}  # fmt: skip
         pool = read_prompts(cfg.prompts, skipped=SkipLog())  # read and checked before the folder is claimed
         eval_prompts = list(read_prompts(cfg.eval_prompts, skipped=SkipLog()))
-        claim_output_dir(self.out, [cfg], inputs, overwrite=cfg.overwrite_output_dir)
+        served = [ServedRewardModel.of(cfg.reward_url)] if cfg.reward_url else []  # the model, not the URLs
+        claim_output_dir(self.out, [cfg, *served], inputs, overwrite=cfg.overwrite_output_dir)
         self.log(f"rounds run in {self.out} ({cfg.num_rounds} rounds)")
         self.round_dir(0).mkdir(parents=True, exist_ok=True)
         records = {0: {"round": 0, "policy": cfg.policy_name_or_path,

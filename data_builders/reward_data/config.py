@@ -104,6 +104,7 @@ class RewardDataConfig:
     NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = (
         "output_dir", "overwrite_output_dir", "progress", "report_to", "wandb_project", "run_name", "num_proc",
         "device", "score_batch_size", "max_skip_fraction",
+        "reward_url",  # the served model counts instead (`job.FilterScorer`)
     )  # fmt: skip
     # Source keys that only decide whether the job fails, never what it writes (left out of the run's identity).
     SOURCE_KEYS_NOT_AFFECTING_RESULTS: ClassVar[tuple[str, ...]] = ("allow_empty", "max_skip_fraction")

@@ -244,19 +244,24 @@ def _make_surrogate(cfg: RewardDataConfig, scorer: Scorer | None) -> SurrogateFi
 @dataclass
 class FilterScorer:
     """The surrogate filter's scorer, recorded beside the config in the run's identity (`common.run_folder`): one
-    passed in code is no config field, yet decides which pairs are kept, so a rerun with another one is refused."""
+    passed in code is no config field, yet decides which pairs are kept, so a rerun with another one is refused. A
+    reward server counts by the model it serves (`ServedRewardModel`), never by its URLs: other replicas of the same
+    model resume, another model behind the same URL is refused."""
 
     filter_scorer: str
 
     @classmethod
     def of(cls, cfg: RewardDataConfig, scorer: Scorer | None) -> FilterScorer:
-        if scorer is None:  # built from the config, whose fields count already
-            given = [name for name in ("reward_model_name_or_path", "reward_url") if getattr(cfg, name)]
-            return cls(f"config: {given[0]}" if given else "none (no filter)")
-        urls = getattr(scorer, "urls", None)
+        urls = getattr(scorer, "urls", None) if scorer is not None else cfg.reward_url
+        if urls:
+            from data_builders.scoring import ServedRewardModel
+
+            served = ServedRewardModel.of(urls)
+            return cls(f"reward server: {served.served_model_fingerprint} ({served.served_dtype})")
+        if scorer is None:  # a local model from the config, whose fields count already
+            return cls("config: reward_model_name_or_path" if cfg.reward_model_name_or_path else "none (no filter)")
         path = getattr(getattr(scorer, "config", None), "model_name_or_path", None)
-        where = f"urls={list(urls)}" if urls else f"model={path}" if path else ""
-        return cls(f"{type(scorer).__name__}({where})")
+        return cls(f"{type(scorer).__name__}({f'model={path}' if path else ''})")
 
 
 def _keys_path(out: Path, chunk: int) -> Path:

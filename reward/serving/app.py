@@ -3,9 +3,11 @@
     python recipes/serve_reward.py --model outputs/reward-tiny --port 8000
 
 Endpoints: `POST /v1/score`, `POST /v1/score_groups`, `POST /get_reward` (OpenRLHF's remote reward model),
-`GET /health`, `GET /info`, `GET /metrics` (Prometheus). Errors, 404 and 405 included, are
-`{"error": {"type", "message", "item"}}` with a 4xx (503: overloaded or shutting down, retry; 5xx otherwise only for
-a model failure). With an API key, every endpoint but `/health` needs it, and the OpenAPI pages are off.
+`GET /health`, `GET /info` (limits, model, dtype and `model_fingerprint`: the content hash of the model folder that
+`common.run_folder` records for a local model, which runs scoring through the server record instead of its URLs),
+`GET /metrics` (Prometheus). Errors, 404 and 405 included, are `{"error": {"type", "message", "item"}}` with a 4xx
+(503: overloaded or shutting down, retry; 5xx otherwise only for a model failure). With an API key, every endpoint
+but `/health` needs it, and the OpenAPI pages are off.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.config_checks import raise_problems
+from common.run_folder import fingerprint
 from reward.serving.api import Limits, PixelBudget, RequestError, RequestParser
 from reward.serving.batcher import DynamicBatcher
 from reward.serving.fetch import UrlFetcher, parse_allowlist
@@ -365,7 +368,7 @@ def serve(cfg: ServeConfig, scorer_cfg) -> None:
     options.update(progress=False, batch_size=cfg.max_batch_items)  # the batcher decides what one call holds
     scorer = RewardScorer.from_pretrained(scorer_cfg.model_name_or_path, **options)
     info = {"model": cfg.served_model_name or scorer_cfg.model_name_or_path, "dtype": scorer_cfg.dtype,
-            "device": str(scorer.device)}  # fmt: skip
+            "device": str(scorer.device), "model_fingerprint": fingerprint(scorer_cfg.model_name_or_path)}  # fmt: skip
     app = create_app(scorer, cfg, info)
     # uvicorn's own deadline comes after ours, so that the 503s of requests cut at ours are sent
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=cfg.graceful_shutdown_s + 5,

@@ -27,6 +27,7 @@ from data_builders.reward_data.dedup import DedupIndex, image_key, messages_text
 from data_builders.reward_data.filtering import NEGATIVE_GAP, SurrogateFilter
 from data_builders.reward_data.job import build_reward_data
 from data_builders.reward_data.mixing import plan_stage
+from data_builders.scoring import ServedRewardModel
 from tests.launch import REPO, cpu_env
 
 TINY = REPO / "recipes" / "configs" / "reward_data_tiny.yaml"
@@ -227,12 +228,15 @@ def test_surrogate_filter_on_the_tiny_reward_model(reward_scorer, tmp_path, monk
         return reward_scorer  # stands in for the server's client (tests/reward/test_integrations.py tests that one)
 
     monkeypatch.setattr("data_builders.scoring.make_remote_scorer", remote)
+    # what the servers' /info would report (tests/data_builders/test_served_identity.py asks live servers)
+    served = ServedRewardModel("sha256:" + "0" * 64, "float32")
+    monkeypatch.setattr(ServedRewardModel, "of", classmethod(lambda cls, urls: served))
     urls = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
     remote_cfg = tiny_config(tmp_path / "remote", *base, "--filter_action", "flag", "--reward_url", *urls)
     by_url = read_records(build_reward_data(remote_cfg)["all"])
     assert calls == [(urls, 8)]
     assert by_url["chosen_score"] == flagged["chosen_score"] and by_url["meta"] == flagged["meta"]
-    with pytest.raises(RunFolderError, match=r"reward_url: \['http://127.0.0.1:1', 'http://127.0.0.1:2'\] -> \[\]"):
+    with pytest.raises(RunFolderError, match=r"filter_scorer: 'reward server: sha256:0+ \(float32\)' -> 'none"):
         build_reward_data(tiny_config(tmp_path / "remote", *base, "--filter_action", "flag"))
     weak = SurrogateFilter(reward_scorer, min_chosen_score=None, min_gap=0.5)
     assert weak.reason(1.0, 0.8) == "surrogate: gap < 0.5" and weak.reason(1.0, 2.0) == NEGATIVE_GAP

@@ -79,7 +79,7 @@ def test_verl_compute_score(url, local, monkeypatch):
     monkeypatch.setenv(verl.URL_ENV, url)  # the URL from the environment instead
     extra.pop("reward_url")
     assert verl.compute_score("toy", group.responses[0], None, extra_info=extra) == pytest.approx(want[0], abs=TOL)
-    with pytest.raises(ValueError, match="extra_info\\['prompt'\\]"):
+    with pytest.raises(verl.VerlRewardError, match="extra_info has neither 'prompt' nor 'question'"):
         verl.compute_score("toy", "x", None, {"reward_url": url})
 
 

@@ -140,12 +140,18 @@ def test_a_rerun_resumes_only_the_same_run(clean_run):
 
 
 def test_reward_server_scores_like_the_local_reward_model(clean_run, tiny_reward_path, tmp_path):
-    """Round 1 scored through the reward server (recipes/serve_reward.py) equals round 1 scored locally."""
+    """Round 1 scored through the reward server (recipes/serve_reward.py) equals round 1 scored locally; a rerun
+    through another replica of the same model resumes (the run records the served model, not the URLs)."""
     args, clean_out, _ = clean_run
     with server_process(tiny_reward_path, "--device", "cpu") as (_, url):
         cfg = {**args, "num_rounds": 1, "reward_model_name_or_path": None, "reward_url": [url],
                "output_dir": str(tmp_path / "rounds")}  # fmt: skip
-        run_rounds(RoundsConfig(**cfg))
+        result = run_rounds(RoundsConfig(**cfg))
+    with server_process(tiny_reward_path, "--device", "cpu") as (_, other_url):
+        log_before = (tmp_path / "rounds" / "rounds.log").read_text()
+        assert run_rounds(RoundsConfig(**{**cfg, "reward_url": [other_url]})) == json.loads(json.dumps(result))
+        rerun = (tmp_path / "rounds" / "rounds.log").read_text()[len(log_before) :]
+        assert "round 1: already done" in rerun and ": start" not in rerun
     served, local = [json.loads((d / "round-01" / "round.json").read_text()) for d in (tmp_path / "rounds", clean_out)]
     assert served["stats"]["pairs"] == local["stats"]["pairs"] > 0
     for side in ("chosen_scores", "rejected_scores"):
