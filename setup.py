@@ -49,6 +49,7 @@ setup(
         # the serving tests run in CI, so dev carries the serve extra
         "dev": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # `make test` runs the suite on two workers
             "hypothesis>=6",
             "ruff>=0.6",
             "ninja>=1.11",

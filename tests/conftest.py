@@ -15,10 +15,15 @@ from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm  # noqa: E402
 from common.toy_task import ToyTaskConfig, write_toy_task  # noqa: E402
 
 
+LONG_MARKS = ("faults", "deepspeed")  # the multi-process runs of 30-100 s each
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip the `gpu`-marked tests, with the reason, where torch sees no CUDA device."""
+    """Run the long multi-process tests first, so that under `pytest -n 2` (the README's test command) neither worker
+    is left with one of them at the end; skip the `gpu`-marked tests, with the reason, where torch sees no CUDA."""
     import torch
 
+    items.sort(key=lambda item: not any(mark in item.keywords for mark in LONG_MARKS))  # stable: file order within
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
