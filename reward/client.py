@@ -129,24 +129,8 @@ class RewardClient:
 
     # ------------------------------------------------------------------------------------------------ transport
     def _get(self, url: str, path: str) -> dict:
-        """GET `url + path`, retrying connection errors and 5xx like `_post`."""
-        last = None
-        for attempt in range(self.retries + 1):
-            try:
-                r = self._http.get(url + path)
-            except httpx.TransportError as e:
-                last = f"{url}{path}: {type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    return r.json()
-                error = _error_of(r)
-                if r.status_code < 500:
-                    raise RewardServerError(f"{url}{path}: HTTP {r.status_code}: {error.get('message')}",
-                                            r.status_code, error.get("type"))  # fmt: skip
-                last = f"{url}{path}: HTTP {r.status_code}: {error.get('message')}"
-            if attempt < self.retries:
-                time.sleep(self.backoff_s * 2**attempt)
-        raise RewardServerError(f"reward server failed after {self.retries + 1} attempts; last: {last}")
+        """GET `url + path`, retrying connection errors and 5xx on the same URL."""
+        return self._request("GET", [url], path)
 
     def _post_all(self, path: str, bodies: list[dict]) -> list[dict]:
         if len(bodies) == 1:
@@ -156,11 +140,17 @@ class RewardClient:
 
     def _post(self, path: str, body: dict, first_url: int) -> dict:
         """POST `body` to one replica (request i starts at URL i), retrying 5xx / connection errors on the next."""
+        start = first_url % len(self.urls)
+        return self._request("POST", self.urls[start:] + self.urls[:start], path, body)
+
+    def _request(self, method: str, urls: list[str], path: str, body: dict | None = None) -> dict:
+        """`method` on `urls[attempt % len(urls)] + path` until a 200; a 4xx raises at once (the request is wrong),
+        connection errors and 5xx are retried with exponential backoff."""
         last = None
         for attempt in range(self.retries + 1):
-            url = self.urls[(first_url + attempt) % len(self.urls)] + path
+            url = urls[attempt % len(urls)] + path
             try:
-                r = self._http.post(url, json=body)
+                r = self._http.request(method, url, json=body)
             except httpx.TransportError as e:
                 last = f"{url}: {type(e).__name__}: {e}"
             else:
@@ -169,8 +159,9 @@ class RewardClient:
                 error = _error_of(r)
                 if r.status_code < 500:
                     where = f" ({error.get('item')})" if error.get("item") else ""
-                    raise RewardServerError(f"{url} refused the request{where}: {error.get('message')}",
-                                            r.status_code, error.get("type"), error.get("item"))  # fmt: skip
+                    raise RewardServerError(f"{url} refused the request{where}: HTTP {r.status_code}: "
+                                            f"{error.get('message')}", r.status_code, error.get("type"),
+                                            error.get("item"))  # fmt: skip
                 last = f"{url}: HTTP {r.status_code}: {error.get('message')}"
             if attempt < self.retries:
                 time.sleep(self.backoff_s * 2**attempt)
