@@ -323,3 +323,8 @@ def relaxed_numeric(response: str, answer: str, choices: list[str] | None, max_r
         got = found[-1][0] / 100 if found[-1][1] else found[-1][0]
         return abs(got - target) / abs(target) <= max_relative_change
     return _norm(span) == _norm(answer)
+
+
+# The policy benchmarks' rules (MMStar, MMMU, MathVista, AI2D) register themselves here, after `final_answer` and
+# `register_judge` exist, so that every importer of this module judges benchmark-sourced records by their rule.
+from common import benchmark_judges  # noqa: E402, F401
