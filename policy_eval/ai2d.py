@@ -6,7 +6,7 @@ Layout (hub `lmms-lab/ai2d`, `data/test-*.parquet`, split `test`; dataset card f
 
 Prompt (lmms-eval `tasks/ai2d`, default): the question, the options as "A. ..." lines, then "Answer with the
 option's letter from the given choices directly." Rule: the letter MMMU's official option parser reads in the
-answer part of the response (`common.benchmark_judges.parse_option`); lmms-eval extracts the first letter-like token with a regex
+answer part of the response (`parse_option`); lmms-eval extracts the first letter-like token with a regex
 filter and matches it exactly. Breakdown: none (lmms-eval reports one accuracy).
 """
 

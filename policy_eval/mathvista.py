@@ -9,14 +9,15 @@ context, grade, img_height, img_width, language, skills (list<string>), source, 
 official prompt, hint included).
 
 Prompt: `query`. Rule (lupantech/MathVista `evaluation/calculate_score.py`, `normalize_extracted_answer` then
-`safe_equal`; `common.benchmark_judges.mathvista_judge`): multiple choice: the extracted letter's choice text,
-else the choice nearest the extracted text by edit distance, must equal `answer`; integer: `str(int(float(x)))`; float: `str(round(float(x), precision))`; list
-and text: the text itself. **The official pipeline extracts the answer with GPT** (`extract_answer.py`); we read it
-without a model: the final answer of the response (`common.correctness.final_answer`: after `</think>`, the last
-`\\boxed{...}`, else the last "answer is" / "Answer:" statement, else a short response itself), its option letter
-by MMMU's parser (`common.benchmark_judges.parse_option`), its last number (units and thousands separators dropped) for integer and
-float answers, its numbers for lists. Breakdown: the official target keys (`question_type`, `answer_type`, `language`, `source`, `category`, `task`, `context`, `grade`,
-`skills`; a question counts under each of its skills).
+`safe_equal`; the judge `common.benchmark_judges.mathvista_judge`): multiple choice: the extracted letter's choice
+text, else the choice nearest the extracted text by edit distance, must equal `answer`; integer:
+`str(int(float(x)))`; float: `str(round(float(x), precision))`; list and text: the text itself. **The official
+pipeline extracts the answer with GPT** (`extract_answer.py`); we read it without a model: the final answer of the
+response (`common.correctness.final_answer`: after `</think>`, the last `\\boxed{...}`, else the last "answer is" /
+"Answer:" statement, else a short response itself), its option letter by MMMU's parser (`parse_option`), its last
+number (units and thousands separators dropped) for integer and float answers, its numbers for lists. Breakdown:
+the official target keys (`question_type`, `answer_type`, `language`, `source`, `category`, `task`, `context`,
+`grade`, `skills`; a question counts under each of its skills).
 """
 
 from __future__ import annotations

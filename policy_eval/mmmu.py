@@ -13,13 +13,14 @@ Prompt (lmms-eval `tasks/mmmu/utils.py` `construct_prompt`): the question, the o
 or phrase."). The first mention of `<image k>` becomes image k at that place; a later mention stays as text; images
 not mentioned go first.
 
-Rule (MMMU-Benchmark/MMMU `mmmu/utils/eval_utils.py`; `common.benchmark_judges.mmmu_judge`), on the answer part
-of the response (after `</think>`): multiple choice: `parse_multi_choice_response` (`parse_option`) then equality,
-but a response naming no option is wrong (the official script guesses a random option); open: `parse_open_response` (key sub-responses after "is ",
-"so ", "therefore ", "answer "..., "=" in the last line, plus every number in them; numbers rounded to 2 decimals,
-strings lower-cased) then `eval_open` (a gold number equals a parsed number, or a gold string is contained in a
-parsed string). Breakdown: the official 6 disciplines (`DOMAIN_CAT2SUB_CAT`), the 30 subjects, `question_type`,
-`topic_difficulty`; `overall` is the official micro accuracy over all questions.
+Rule (MMMU-Benchmark/MMMU `mmmu/utils/eval_utils.py`; the judge `common.benchmark_judges.mmmu_judge`), on the
+answer part of the response (after `</think>`): multiple choice: `parse_multi_choice_response` (`parse_option`) then
+equality, but a response naming no option is wrong (the official script guesses a random option); open:
+`parse_open_response` (key sub-responses after "is ", "so ", "therefore ", "answer "..., "=" in the last line, plus
+every number in them; numbers rounded to 2 decimals, strings lower-cased) then `eval_open` (a gold number equals a
+parsed number, or a gold string is contained in a parsed string). Breakdown: the official 6 disciplines
+(`DOMAIN_CAT2SUB_CAT`), the 30 subjects, `question_type`, `topic_difficulty`; `overall` is the official micro
+accuracy over all questions.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ capabilities x 3 dimensions), `meta_info` (struct {source, split, image_path}).
 
 Prompt: the question, then lmms-eval's instruction (`lmms_eval/tasks/mmstar`: "Answer with the option's letter from
 the given choices directly."). Rule: the letter MMMU's official option parser reads in the answer part of the
-response (`common.benchmark_judges.parse_option`); lmms-eval's own `exact_match` accepts only a response that *starts* with the letter,
+response (`parse_option`); lmms-eval's own `exact_match` accepts only a response that *starts* with the letter,
 "(", "option " or "the answer is ", which a reasoning response never does. Breakdown: `category`, `l2_category` (as
 lmms-eval's `mmstar_aggregate_results`; its average is the mean of the 6 category scores, equal to our micro
 `overall` on the full, balanced set of 250 per category).
