@@ -19,6 +19,8 @@ The final answer is then compared with the ground truth by a **judge** (`JUDGES`
   cannot settle (equations, functions) goes to HF's `math-verify`, in worker processes when off the main thread or
   for a batch (its timeouts are Unix signals: they work only in a process's main thread): `common.math_answers`.
 * ``relaxed_numeric``: ChartQA's relaxed accuracy (a number within 5% of the ground truth, else exact text).
+* ``mmstar``, ``mmmu``, ``mathvista``, ``ai2d``: the policy benchmarks' official rules (`common.benchmark_judges`,
+  imported at the end of this module, so they are registered wherever this module is).
 
 Answers may be words, numbers ("12", or 12 stored as a number), letters ("B"), phrases or LaTeX.
 """
