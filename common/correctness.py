@@ -19,6 +19,8 @@ The final answer is then compared with the ground truth by a **judge** (`JUDGES`
   cannot settle (equations, functions) goes to HF's `math-verify`, in worker processes when off the main thread or
   for a batch (its timeouts are Unix signals: they work only in a process's main thread): `common.math_answers`.
 * ``relaxed_numeric``: ChartQA's relaxed accuracy (a number within 5% of the ground truth, else exact text).
+* ``mmstar``, ``mmmu``, ``mathvista``, ``ai2d``: the policy benchmarks' official rules (`common.benchmark_judges`,
+  imported at the end of this module, so they are registered wherever this module is).
 
 Answers may be words, numbers ("12", or 12 stored as a number), letters ("B"), phrases or LaTeX.
 """
@@ -323,3 +325,8 @@ def relaxed_numeric(response: str, answer: str, choices: list[str] | None, max_r
         got = found[-1][0] / 100 if found[-1][1] else found[-1][0]
         return abs(got - target) / abs(target) <= max_relative_change
     return _norm(span) == _norm(answer)
+
+
+# The policy benchmarks' rules (MMStar, MMMU, MathVista, AI2D) register themselves here, after `final_answer` and
+# `register_judge` exist, so that every importer of this module judges benchmark-sourced records by their rule.
+from common import benchmark_judges  # noqa: E402, F401

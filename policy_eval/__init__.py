@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from common.config_checks import HUB_ID
+from common.errors import ConfigError, InputError, InputNotFound
 from common.io import SkipLog, iter_raw_rows, validate_rows
 from common.schema import validate_prompt_record
 from policy_eval import ai2d, mathvista, mmmu, mmstar
@@ -45,10 +46,10 @@ def shards(name: str, path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{name}: no such file or folder, nor a hub dataset id: {path}")
+        raise InputNotFound(f"{name}: no such file or folder, nor a hub dataset id: {path}")
     found = sorted(path.rglob(glob))
     if not found:
-        raise FileNotFoundError(f"{name}: no {glob} file under {path} (the {name} evaluation split's shards)")
+        raise InputNotFound(f"{name}: no {glob} file under {path} (the {name} evaluation split's shards)")
     return found
 
 
@@ -62,11 +63,11 @@ def read_benchmark(
     """The first `limit` (all by default) valid items of benchmark `name` at `path`.
 
     Raises:
-        ValueError: unknown benchmark, or a repeated item id.
+        ConfigError: unknown benchmark. InputNotFound: no data at `path`. InputError: a repeated item id.
         RecordError: a malformed row (names the row and the field), with `on_bad_record="raise"`.
     """
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown policy benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
+        raise ConfigError(f"unknown policy benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
     if on_bad_record == "skip" and skipped is None:
         raise ValueError("on_bad_record='skip' needs a SkipLog to count the skipped rows")
     files = shards(name, path)
@@ -85,5 +86,5 @@ def read_benchmark(
     ids = [i.record["id"] for i in items]
     if len(set(ids)) != len(ids):
         repeated = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"{name} at {path}: repeated item ids {repeated} (the same shard read twice?)")
+        raise InputError(f"{name} at {path}: repeated item ids {repeated} (the same shard read twice?)")
     return items

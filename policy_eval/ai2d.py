@@ -6,7 +6,7 @@ Layout (hub `lmms-lab/ai2d`, `data/test-*.parquet`, split `test`; dataset card f
 
 Prompt (lmms-eval `tasks/ai2d`, default): the question, the options as "A. ..." lines, then "Answer with the
 option's letter from the given choices directly." Rule: the letter MMMU's official option parser reads in the
-answer part of the response (`base.parse_option`); lmms-eval extracts the first letter-like token with a regex
+answer part of the response (`parse_option`); lmms-eval extracts the first letter-like token with a regex
 filter and matches it exactly. Breakdown: none (lmms-eval reports one accuracy).
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from common.correctness import register_judge
+from common.benchmark_judges import LETTERS, extract_option, option_judge
 from common.schema import RecordError, get_field
 from data_builders.sources import user_messages
-from policy_eval.base import LETTERS, BenchmarkItem, extract_option, judge_option, option_lines, score_option
+from policy_eval.base import BenchmarkItem, option_lines, score_option
 
 HUB_ID = "lmms-lab/ai2d"
 SHARD_GLOB = "test-*.parquet"
@@ -39,4 +39,4 @@ def read_row(row: Mapping, index: int, ref: str) -> BenchmarkItem:
     return BenchmarkItem(record, {})
 
 
-extract, judge, score = extract_option, register_judge("ai2d", sources=("ai2d",))(judge_option), score_option
+extract, judge, score = extract_option, option_judge, score_option

@@ -1,12 +1,13 @@
-"""What the policy benchmarks share: the item type, option letters, MMMU's option parser, accuracy breakdowns.
+"""What the policy benchmarks share: the item type, option lines, multiple-choice scoring, accuracy breakdowns (the
+answer rules themselves live in `common.benchmark_judges`, registered as `common.correctness` judges).
 
 A benchmark module (`mmstar`, `mmmu`, `mathvista`, `ai2d`) defines:
 
 * `read_row(row, ref) -> BenchmarkItem`: one raw hub row to a prompt record (`common.schema`: `id`, `prompt`,
   `images`, `answer`, `choices`, `source` = the benchmark's judge name) plus the fields its breakdown reads;
 * `extract(response, answer, choices) -> str | None`: the answer its rule reads in a response (None: none found);
-* `judge(response, answer, choices) -> bool`: its official rule on that answer (`common.correctness`'s judge
-  signature);
+* `judge(response, answer, choices) -> bool`: its official rule on that answer, the judge `common.benchmark_judges`
+  registers for its `source`;
 * `BREAKDOWN`: the fields of its official category breakdown; `SHARD_GLOB`: the evaluation split's shard names;
 * `HUB_ID`: where the data lives on the hub.
 """
@@ -18,8 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-THINK_START, THINK_END = "<think>", "</think>"
+from common.benchmark_judges import LETTERS, extract_option
 
 
 @dataclass
@@ -33,49 +33,6 @@ class BenchmarkItem:
 def option_lines(options: Sequence[str]) -> str:
     """`A. first\\nB. second...`: how lmms-eval and the MMMU scripts list options under the question."""
     return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options))
-
-
-def after_thinking(response: str) -> str:
-    """The part of a response after its last `</think>` (all of it when it never thinks; "" when a `<think>` is never
-    closed: cut off while thinking, as `common.correctness.final_answer` reads it): what the rules read."""
-    if THINK_END in response:
-        return response.rpartition(THINK_END)[2]
-    return "" if THINK_START in response else response
-
-
-def parse_option(response: str, options: Sequence[str]) -> str | None:
-    """The option letter a response names, by MMMU's official rule (`parse_multi_choice_response` in
-    MMMU-Benchmark/MMMU `mmmu/utils/eval_utils.py`), without its random guess: None when nothing is named.
-
-    In order: a bracketed letter `(B)`; else a letter standing alone (` B `); else, in a response of more than five
-    words, an option's text (case-insensitive). Several candidates: the one named last wins.
-    """
-    letters = LETTERS[: len(options)]
-    for char in ",.!?;:'":  # one character at a time, as the official loop strips them
-        response = response.strip(char)
-    text = f" {response} "
-    found = [c for c in letters if f"({c})" in text]
-    marks = {c: f"({c})" for c in found}
-    if not found:
-        found = [c for c in letters if f" {c} " in text]
-        marks = {c: f" {c} " for c in found}
-    if not found and len(text.split()) > 5:
-        lowered = text.lower()
-        found = [c for c, option in zip(letters, options) if option.lower() in lowered]
-        marks = {c: options[letters.index(c)].lower() for c in found}
-        text = lowered
-    if not found:
-        return None
-    return max(found, key=lambda c: text.rfind(marks[c]))  # ties: the earlier letter, as np.argmax
-
-
-def extract_option(response: str, answer: str, choices: Sequence[str] | None) -> str | None:
-    """The option letter `parse_option` reads in the response's answer part (None: none): the multiple-choice rule."""
-    return parse_option(after_thinking(response), choices or [])
-
-
-def judge_option(response: str, answer: str, choices: Sequence[str] | None) -> bool:
-    return extract_option(response, answer, choices) == str(answer).strip()
 
 
 def score_option(response: str, item: BenchmarkItem) -> tuple[str | None, bool]:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from common.cli import write_run_meta
 from common.config_checks import model_path_problems, output_dir_problems, raise_problems
+from common.errors import InputError
 from common.io import SkipLog
 from common.tracking import pyplot, save_figure, wandb_run
 from data_builders.sampling import Candidates, HFSampler, VLLMSampler
@@ -167,14 +168,14 @@ def evaluate_policy(cfg: EvalPolicyConfig, answerer: Answerer | None = None) -> 
         answerer: a ready backend (tests: scripted answers); by default the one `cfg` describes.
     """
     cfg.validate()
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     skipped = {name: SkipLog() for name in cfg.benchmark_names()}
     items = {name: read_benchmark(name, path, cfg.limit, cfg.on_bad_record, skipped[name])
              for name, path in cfg.data_paths().items()}  # fmt: skip
     for name, read in items.items():
         if not read:
-            raise ValueError(f"{name}: no question left to answer (skipped: {skipped[name].to_dict()})")
+            raise InputError(f"{name}: no question left to answer (skipped: {skipped[name].to_dict()})")
+    out_dir = Path(cfg.output_dir)  # claimed once every benchmark's data is read and checked, before the model loads
+    out_dir.mkdir(parents=True, exist_ok=True)
     answerer = answerer or make_answerer(cfg)
     start, metrics, rows = time.perf_counter(), {}, []
     for name, read in items.items():

@@ -20,7 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.errors import ConfigError, ExpectedError, InputError, InputNotFound
+
 PLACEHOLDERS = ("policy", "output_dir")
+
+
+class EvalCommandError(ExpectedError, RuntimeError):
+    """The evaluator exited non-zero (its message quotes the command and the end of its output); exit status 1."""
 
 
 def template_problems(template: str, name: str = "eval_command") -> list[str]:
@@ -52,13 +58,13 @@ def read_results(output_dir: str | Path) -> dict[str, float]:
     """The figures of the newest results JSON under `output_dir` (module docstring)."""
     found = sorted(Path(output_dir).rglob("*.json"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"eval_command wrote no .json results under {output_dir}")
+        raise InputNotFound(f"eval_command wrote no .json results under {output_dir}")
     loaded = [(p, json.loads(p.read_text())) for p in found]
     with_results = [(p, d) for p, d in loaded if isinstance(d, Mapping) and isinstance(d.get("results"), Mapping)]
     path, data = (with_results or loaded)[-1]
     figures = _numbers(data["results"] if with_results else data)
     if not figures:
-        raise ValueError(f"{path}: no numeric result in it")
+        raise InputError(f"{path}: no numeric result in it")
     return figures
 
 
@@ -68,7 +74,7 @@ def run_eval_command(
     """Run the evaluator on `policy`, its results in `output_dir` (made fresh); return `read_results(output_dir)`."""
     problems = template_problems(template)
     if problems:
-        raise ValueError(problems[0])
+        raise ConfigError(problems[0])
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = template.format(policy=shlex.quote(str(policy)), output_dir=shlex.quote(str(out)))
@@ -77,5 +83,5 @@ def run_eval_command(
         proc = subprocess.run(["bash", "-c", command], stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode != 0:
         tail = log.read_text()[-2000:]
-        raise RuntimeError(f"eval_command exited with {proc.returncode}: {command}\n{tail}")
+        raise EvalCommandError(f"eval_command exited with {proc.returncode}: {command}\n{tail}")
     return read_results(out)

@@ -13,25 +13,26 @@ Prompt (lmms-eval `tasks/mmmu/utils.py` `construct_prompt`): the question, the o
 or phrase."). The first mention of `<image k>` becomes image k at that place; a later mention stays as text; images
 not mentioned go first.
 
-Rule (MMMU-Benchmark/MMMU `mmmu/utils/eval_utils.py`), on the answer part of the response (after `</think>`):
-multiple choice: `parse_multi_choice_response` (`base.parse_option`) then equality, but a response naming no option
-is wrong (the official script guesses a random option); open: `parse_open_response` (key sub-responses after "is ",
-"so ", "therefore ", "answer "..., "=" in the last line, plus every number in them; numbers rounded to 2 decimals,
-strings lower-cased) then `eval_open` (a gold number equals a parsed number, or a gold string is contained in a
-parsed string). Breakdown: the official 6 disciplines (`DOMAIN_CAT2SUB_CAT`), the 30 subjects, `question_type`,
-`topic_difficulty`; `overall` is the official micro accuracy over all questions.
+Rule (MMMU-Benchmark/MMMU `mmmu/utils/eval_utils.py`; the judge `common.benchmark_judges.mmmu_judge`), on the
+answer part of the response (after `</think>`): multiple choice: `parse_multi_choice_response` (`parse_option`) then
+equality, but a response naming no option is wrong (the official script guesses a random option); open:
+`parse_open_response` (key sub-responses after "is ", "so ", "therefore ", "answer "..., "=" in the last line, plus
+every number in them; numbers rounded to 2 decimals, strings lower-cased) then `eval_open` (a gold number equals a
+parsed number, or a gold string is contained in a parsed string). Breakdown: the official 6 disciplines
+(`DOMAIN_CAT2SUB_CAT`), the 30 subjects, `question_type`, `topic_difficulty`; `overall` is the official micro
+accuracy over all questions.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from common.correctness import register_judge
+from common.benchmark_judges import LETTERS, mmmu_extract, mmmu_judge
 from common.schema import RecordError, get_field
 from data_builders.sources import user_messages
-from policy_eval.base import LETTERS, BenchmarkItem, after_thinking, extract_option, option_lines
+from policy_eval.base import BenchmarkItem, option_lines
 
 HUB_ID = "MMMU/MMMU"
 SHARD_GLOB = "validation-*.parquet"
@@ -112,79 +113,7 @@ def read_row(row: Mapping, index: int, ref: str) -> BenchmarkItem:
     return BenchmarkItem(record, fields)
 
 
-# > the open-answer rule (`parse_open_response`, `eval_open`)
-_KEY_MARKS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
-_NUMBER_PATTERNS = (
-    re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b"),  # with thousands separators
-    re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+"),  # scientific
-    re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+)(?![eE][+-]?\d+)(?![,\d])"),  # plain
-)
-
-
-def _normalize(text: str) -> list:
-    """A number: [itself rounded to 2 decimals]; a string: [lower-cased], a single character padded both ways."""
-    text = text.strip()
-    try:
-        return [round(float(text.replace(",", "")), 2)]
-    except ValueError:
-        text = text.lower()
-        return [f" {text}", f"{text} "] if len(text) == 1 else [text]
-
-
-def _key_parts(response: str) -> list[str]:
-    """The tails after the official key phrases, per line (lower-cased first: the official sentence split on
-    ". " before a capital therefore never fires, and lines are what split)."""
-    response = response.strip().strip(".").lower()
-    lines = re.split(r"\.\s(?=[A-Z])|\n", response)
-    parts = []
-    for i, line in enumerate(lines):
-        marks = _KEY_MARKS + (("=",) if i == len(lines) - 1 else ())
-        shortest = None
-        for mark in marks:
-            if mark in line:
-                tail = line.split(mark)[-1].strip()
-                if not shortest or len(tail) < len(shortest):
-                    shortest = tail
-        if shortest and shortest not in (":", ",", ".", "!", "?", ";", "'"):
-            parts.append(shortest)
-    return parts or [response]
-
-
-def parse_open(response: str) -> list:
-    """Every candidate answer the official open rule reads in a response (numbers as floats, strings lower-cased)."""
-    parts = _key_parts(response)
-    candidates = parts + [n for part in parts for pattern in _NUMBER_PATTERNS for n in pattern.findall(part)]
-    out: list = []
-    for candidate in candidates:
-        out += [c for c in _normalize(candidate) if c not in out]
-    return out
-
-
-def open_correct(answer: str, parsed: Sequence) -> bool:
-    golds = ast.literal_eval(answer) if answer.startswith("[") else [answer]
-    normalized = [n for gold in golds for n in _normalize(gold)]
-    for pred in parsed:
-        if isinstance(pred, str):
-            if any(isinstance(g, str) and g in pred for g in normalized):
-                return True
-        elif pred in normalized:
-            return True
-    return False
-
-
-def extract(response: str, answer: str, choices: Sequence[str] | None) -> str | None:
-    """The option letter (multiple choice) or the parsed candidates joined by " | " (open; None when empty)."""
-    if choices:
-        return extract_option(response, answer, choices)
-    return " | ".join(map(str, parse_open(after_thinking(response)))) or None
-
-
-@register_judge("mmmu", sources=("mmmu",))
-def judge(response: str, answer: str, choices: Sequence[str] | None) -> bool:
-    """MMMU's official rule: the option parser with `choices`, else the open-answer rule."""
-    if choices:
-        return extract_option(response, answer, choices) == answer.strip()
-    return open_correct(answer.strip(), parse_open(after_thinking(response)))
+extract, judge = mmmu_extract, mmmu_judge  # the official rule, registered as judge `mmmu`
 
 
 def score(response: str, item: BenchmarkItem) -> tuple[str | None, bool]:

@@ -7,7 +7,7 @@ capabilities x 3 dimensions), `meta_info` (struct {source, split, image_path}).
 
 Prompt: the question, then lmms-eval's instruction (`lmms_eval/tasks/mmstar`: "Answer with the option's letter from
 the given choices directly."). Rule: the letter MMMU's official option parser reads in the answer part of the
-response (`base.parse_option`); lmms-eval's own `exact_match` accepts only a response that *starts* with the letter,
+response (`parse_option`); lmms-eval's own `exact_match` accepts only a response that *starts* with the letter,
 "(", "option " or "the answer is ", which a reasoning response never does. Breakdown: `category`, `l2_category` (as
 lmms-eval's `mmstar_aggregate_results`; its average is the mean of the 6 category scores, equal to our micro
 `overall` on the full, balanced set of 250 per category).
@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from common.correctness import register_judge
+from common.benchmark_judges import LETTERS, extract_option, option_judge
 from common.schema import RecordError, get_field
 from data_builders.sources import user_messages
-from policy_eval.base import LETTERS, BenchmarkItem, extract_option, judge_option, score_option
+from policy_eval.base import BenchmarkItem, score_option
 
 HUB_ID = "Lin-Chen/MMStar"
 SHARD_GLOB = "*.parquet"
@@ -60,4 +60,4 @@ def read_row(row: Mapping, index: int, ref: str) -> BenchmarkItem:
     return BenchmarkItem(record, fields)
 
 
-extract, judge, score = extract_option, register_judge("mmstar", sources=("mmstar",))(judge_option), score_option
+extract, judge, score = extract_option, option_judge, score_option

@@ -17,7 +17,7 @@ Writes predictions.jsonl, metrics.json, results.md, categories.png, run_meta.jso
 
 from pathlib import Path
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from policy_eval.evaluate import EvalPolicyConfig, evaluate_policy
 
 
@@ -28,4 +28,4 @@ def main(cfg: EvalPolicyConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([EvalPolicyConfig]))
+    run_recipe(main, [EvalPolicyConfig])

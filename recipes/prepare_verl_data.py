@@ -9,7 +9,7 @@ prompt and images the VL reward model needs in `extra_info` (docs/serving.md, "v
 
 import json
 
-from common.cli import parse_configs
+from common.cli import run_recipe
 from reward.integrations.verl_data import VerlDataConfig, prepare_verl_data
 
 
@@ -19,4 +19,4 @@ def main(cfg: VerlDataConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(*parse_configs([VerlDataConfig]))
+    run_recipe(main, [VerlDataConfig])

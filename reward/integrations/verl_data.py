@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.config_checks import raise_problems
+from common.errors import InputError
 from common.images import image_bytes
 from common.io import SkipLog, atomic_tmp_path
 from common.schema import RecordError, record_ref
@@ -133,6 +134,7 @@ def write_verl_parquet(records: Iterable[Mapping[str, Any]], path: str | os.Path
 
     Raises:
         RecordError: a record verl cannot take (see `verl_messages`), with `on_bad_record="raise"`.
+        InputError: no record left to write (nothing is written).
     """
     path = Path(path)
     if on_bad_record == "skip" and skipped is None:
@@ -157,6 +159,9 @@ def write_verl_parquet(records: Iterable[Mapping[str, Any]], path: str | os.Path
                     batch = []
             if batch:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+        if not written:  # an empty split would fail in verl's trainer, far from the cause
+            counts = dict(skipped.counts) if skipped is not None else {}
+            raise InputError(f"no record left to write to {path} (skipped: {counts})")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -179,7 +179,10 @@ def test_judge_is_chosen_by_record_field_then_source():
     assert judge_for({"source": "chartqa"}) == judge_for({"source": "ChartQA/human"}) == "relaxed_numeric"
     assert judge_for({"source": "chartqa_like"}) is None and judge_for({"source": None}) is None
     assert judge_for({"source": "chartqa", "judge": "default"}) == "default"
-    assert judge_for({"source": "mathvista", "judge": None}) is None  # a missing field in a datasets column
+    # a missing field in a datasets column: the source decides (the benchmark judges are built in: no import needed)
+    assert judge_for({"source": "chartqa", "judge": None}) == "relaxed_numeric"
+    assert judge_for({"source": "MathVista", "judge": None}) == "mathvista"
+    assert judge_for({"source": "mmmu/x"}) == "mmmu"
 
 
 def test_a_registered_judge_is_used_and_an_unknown_one_refused(monkeypatch):
@@ -194,7 +197,8 @@ def test_a_registered_judge_is_used_and_an_unknown_one_refused(monkeypatch):
     assert correctness(["Yes, there is a dog.", "No."], "yes", judge="yes_no") == [True, False]
     with pytest.raises(ValueError, match="already registered"):
         register_judge("yes_no")(lambda r, a, c: True)
-    with pytest.raises(ValueError, match=r"unknown judge 'nope'; registered judges: default, relaxed_numeric"):
+    known = "ai2d, default, mathvista, mmmu, mmstar, relaxed_numeric, yes_no"  # the benchmark judges are built in
+    with pytest.raises(ValueError, match=rf"unknown judge 'nope'; registered judges: {known}$"):
         correctness(["x"], "x", judge="nope")
 
 

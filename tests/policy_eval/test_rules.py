@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.benchmark_judges import edit_distance, mathvista_prediction, parse_option
 from policy_eval import mathvista, mmmu
-from policy_eval.base import parse_option
 
 OPTIONS = ["red", "blue", "green", "yellow"]
 
@@ -63,15 +63,15 @@ def test_mmmu_multiple_choice_judge_reads_after_thinking():
     ],
 )
 def test_mathvista_free_form_normalisation(response, answer_type, precision, prediction):
-    assert mathvista.normalized_prediction(response, None, answer_type, precision) == prediction
+    assert mathvista_prediction(response, None, answer_type, precision) == prediction
 
 
 def test_mathvista_multiple_choice_letter_then_nearest_choice():
     choices = ["30°", "45°", "60°", "90°"]
-    assert mathvista.normalized_prediction("Answer: (C)", choices, "multi_choice", None) == "60°"
-    assert mathvista.normalized_prediction("\\boxed{45°}", choices, "multi_choice", None) == "45°"
-    assert mathvista.normalized_prediction("The answer is 90 degrees", choices, "multi_choice", None) == "90°"
-    assert mathvista.edit_distance("kitten", "sitting") == 3 and mathvista.edit_distance("", "abc") == 3
+    assert mathvista_prediction("Answer: (C)", choices, "multi_choice", None) == "60°"
+    assert mathvista_prediction("\\boxed{45°}", choices, "multi_choice", None) == "45°"
+    assert mathvista_prediction("The answer is 90 degrees", choices, "multi_choice", None) == "90°"
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("", "abc") == 3
 
 
 def test_mathvista_bare_judge_takes_the_type_and_precision_from_the_answer():
@@ -95,3 +95,44 @@ def test_registered_judges_give_the_job_verdicts_through_common_correctness(hub_
             assert judge_for(record) == record["source"]
             (verdict,) = correctness([response], record["answer"], record.get("choices"), judge=judge_for(record))
             assert verdict == BENCHMARKS[name].score(response, item)[1], (name, record["id"])
+
+
+# Judges each (record, response) of stdin in a process that imports only common.correctness and data_builders (pair
+# building's imports): prints [[judge_for(record), verdict], ...] and whether policy_eval got imported.
+_JUDGE_ALONE = """
+import json, sys
+import data_builders.build
+from common.correctness import correctness, judge_for
+cases = json.load(sys.stdin)
+out = [[judge_for(r), correctness([resp], r["answer"], r.get("choices"), judge=judge_for(r))[0]] for r, resp in cases]
+print(json.dumps({"verdicts": out, "policy_eval_imported": "policy_eval" in sys.modules}))
+"""
+
+
+def test_benchmark_judges_are_registered_without_policy_eval(hub_data):
+    """Pair building and the MPO hook import `common.correctness` but never `policy_eval`: a record whose source is a
+    benchmark still gets the benchmark's judge there, with the evaluation job's verdicts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from policy_eval import BENCHMARKS, read_benchmark
+    from tests.policy_eval.hub_fixtures import SCRIPTS
+
+    cases, expected = [], []
+    for name, script in SCRIPTS.items():
+        for item in read_benchmark(name, hub_data[name]):
+            record = {k: item.record[k] for k in ("id", "source", "answer", "choices")}
+            response = script[record["id"]]
+            cases.append([record, response])
+            expected.append([record["source"], BENCHMARKS[name].score(response, item)[1]])
+    cases.append([{"source": "mathvista/geometry", "answer": "1.45", "choices": None}, "Answer: 1.449"])
+    expected.append(["mathvista", True])  # the default judge reads 1.449 != 1.45
+    proc = subprocess.run([sys.executable, "-c", _JUDGE_ALONE], input=json.dumps(cases), capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["policy_eval_imported"] is False
+    assert result["verdicts"] == expected
+    assert sum(v for _, v in expected) not in (0, len(expected))  # both verdicts occur

@@ -26,6 +26,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 from functools import partial
 
 import datasets
@@ -36,7 +38,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from common.io import SkipLog, read_records
+from common.io import SkipLog, read_records, write_records
 from common.schema import RecordError
 from common.scoring import ScoringGroup
 from reward.client import RewardServerError
@@ -44,6 +46,7 @@ from reward.integrations import verl
 from reward.integrations.verl_data import VerlDataConfig, prepare_verl_data, write_verl_parquet
 from reward.scorer import RewardScorer
 from reward.serving.process import server_process
+from tests.launch import REPO, cpu_env
 
 TOL = 1e-5
 RESPONSES = ("It is red.", "The answer is nine.", "A circle.")
@@ -282,11 +285,13 @@ def test_with_verls_own_dataset_and_reward_managers(parquet, prompts, url, local
 def test_recipe_lists_every_problem_then_writes_the_split(monkeypatch, toy_data, tmp_path, capsys):
     from tests.test_recipes import _run_recipe
 
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(SystemExit) as err:
         _run_recipe(monkeypatch, "prepare_verl_data.py", "--prompts", tmp_path / "none", "--output", tmp_path / "x.json",
                     "--on_bad_record", "ignore")  # fmt: skip
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and message.startswith("error: invalid VerlDataConfig:\n")
     for needle in ("prompts: ", "does not exist", "output=", "give a .parquet file", "on_bad_record='ignore'"):
-        assert needle in str(err.value), needle
+        assert needle in message, needle
     out = tmp_path / "verl" / "test.parquet"
     _run_recipe(monkeypatch, "prepare_verl_data.py", "--prompts", toy_data["prompts_eval"], "--output", out,
                 "--split", "test")  # fmt: skip
@@ -294,3 +299,25 @@ def test_recipe_lists_every_problem_then_writes_the_split(monkeypatch, toy_data,
     ds = datasets.load_dataset("parquet", data_files=str(out))["train"]
     assert report["rows"] == len(ds) == 16 and report["skipped"]["total"] == 0
     assert set(ds["data_source"]) == {"prompts_eval"} and set(e["split"] for e in ds["extra_info"]) == {"test"}
+
+
+def _prepare_verl_data(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "recipes" / "prepare_verl_data.py"), *map(str, args)]
+    env = {**cpu_env(1), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}  # `datasets` draws its bars on stderr
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_recipe_refusals_are_one_line_with_exit_status_2(prompts, tmp_path):
+    out = tmp_path / "verl" / "train.parquet"
+    proc = _prepare_verl_data("--prompts", tmp_path / "none", "--output", out)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"error: invalid VerlDataConfig: prompts: {str(tmp_path / 'none')!r} does not exist"], proc.stderr[-3000:]  # fmt: skip
+    # every record refused (a text verl would take for a placeholder): no empty split is written
+    tagged = [dict(r, prompt=[{"role": "user", "content": [*r["prompt"][-1]["content"], {"type": "text",
+              "text": "Is <video> a tag?"}]}]) for r in prompts.select(range(2))]  # fmt: skip
+    source = write_records(tagged, tmp_path / "tagged.jsonl")
+    proc = _prepare_verl_data("--prompts", source, "--output", out)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [f"error: no record left to write to {out} (skipped: "
+                                        "{'prompt: text contains a verl placeholder': 2})"], proc.stderr  # fmt: skip
+    assert not out.exists()
