@@ -47,6 +47,9 @@ class DemoConfig:
     prompts_per_round: int = field(default=128, metadata={"help": "Fresh training prompts sampled per round."})
     mpo_steps: int = field(default=20, metadata={"help": "MPO steps per round of the loop."})
     selection: str = field(default="hybrid", metadata={"help": "Pair selection of the loop: 'hybrid' or 'reward'."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed of every stage: the random policy, toy data, training, sampling."}
+    )
 
 
 # One thread per process and deterministic kernels: the same figures whatever else runs on the machine.
@@ -71,7 +74,9 @@ def _rounds_config(root: Path, cfg: DemoConfig) -> Path:
     rounds = yaml.safe_load((REPO / "recipes/configs/mpo_rounds_tiny.yaml").read_text())
     steps = rounds["mpo_args"].index("--max_steps") + 1
     rounds["mpo_args"][steps] = str(cfg.mpo_steps)
-    rounds.update(num_rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round, selection=cfg.selection)
+    rounds.update(
+        num_rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round, selection=cfg.selection, seed=cfg.seed
+    )
     path = root / "mpo_rounds.yaml"
     path.write_text(yaml.safe_dump(rounds, sort_keys=False))
     return path
@@ -93,7 +98,7 @@ def _summary(root: Path, reward_model: Path) -> str:
 
 
 def main(cfg: DemoConfig) -> None:
-    root, py = Path(cfg.root), sys.executable
+    root, py, seed = Path(cfg.root), sys.executable, str(cfg.seed)
     if root.exists():
         raise SystemExit(f"{root} exists: the demo writes a fresh run; remove it or pass another --root")
     root.mkdir(parents=True)
@@ -107,20 +112,20 @@ def main(cfg: DemoConfig) -> None:
     ])  # fmt: skip
     steps = [
         ("1. tiny policy model (hidden 128)", [py, "recipes/make_tiny_model.py", "--output_dir", str(policy),
-                                               "--hidden_size", "128"]),
+                                               "--hidden_size", "128", "--seed", seed]),
         ("2a. toy task: colour questions", [py, "recipes/make_toy_data.py", "--output_dir", str(toy), "--kinds",
-                                            "color", "--n_train", str(cfg.n_train), "--n_eval", str(cfg.n_eval)]),
+                                            "color", "--n_train", str(cfg.n_train), "--n_eval", str(cfg.n_eval), "--seed", seed]),
         ("2b. toy task: text-only sums", [py, "recipes/make_toy_data.py", "--output_dir", str(toy_text), "--kinds",
-                                          "sum", "--n_train", str(cfg.n_train), "--n_eval", str(cfg.n_eval)]),
+                                          "sum", "--n_train", str(cfg.n_train), "--n_eval", str(cfg.n_eval), "--seed", seed]),
         ("3. reward model, 2 stages (DeepSpeed ZeRO-2)", _deepspeed(
             "recipes/train_reward.py", "--config", "recipes/configs/reward_tiny.yaml", "--model_name_or_path",
             str(policy), "--output_dir", str(reward_dir), "--deepspeed", "recipes/deepspeed/zero2.json",
             "--stages", stages, "--eval_datasets", str(toy / "pairs_eval"), str(toy_text / "pairs_eval"),
-            *DETERMINISM)),
+            "--seed", seed, *DETERMINISM)),
         ("4. MPO round 0 on ground-truth pairs (DeepSpeed ZeRO-2)", _deepspeed(
             "recipes/mpo_qwen.py", "--config", "recipes/configs/mpo_tiny_toy_cpu.yaml", "--model_name_or_path",
             str(policy), "--train_data", str(toy / "pairs_train"), "--output_dir", str(root / "mpo-round0"),
-            "--max_steps", str(cfg.warm_start_steps), *DETERMINISM)),
+            "--max_steps", str(cfg.warm_start_steps), "--seed", seed, *DETERMINISM)),
         (f"5. iterative MPO, {cfg.rounds} rounds (recipes/mpo_rounds.py)", [
             py, "recipes/mpo_rounds.py", "--config", str(_rounds_config(root, cfg)), "--policy_name_or_path",
             str(root / "mpo-round0"), "--reward_model_name_or_path", str(reward_model), "--prompts",

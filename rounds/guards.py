@@ -5,6 +5,7 @@
 * `best_round`: which round's policy to keep: highest held-out correctness; without ground truth, the held-out
   reward model's mean; without either, the training reward model's mean.
 * `length_bias`: Pearson correlation between reward and response length among a round's sampled candidates.
+* `wilson_interval`: the 95% interval of a held-out rate (correct answers out of judged ones).
 * `mpo_health`: the MPO failure modes users report: a loss near zero from the first steps, reward accuracy saturating
   at 1.0 while the SFT loss rises, and too many degenerate answers on held-out prompts.
 """
@@ -14,6 +15,17 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial rate (z = 1.96: 95%); (0, 1) when n = 0. Unlike the normal approximation it
+    stays inside [0, 1] and is honest for small n and rates near 0 or 1 (Wilson 1927; Brown, Cai & DasGupta 2001)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def hacking_alarm(prev: Mapping, cur: Mapping, tolerance: float) -> dict | None:
