@@ -82,16 +82,17 @@ def main() -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for seed in args.seeds:
-        root = out / f"seed-{seed}"
-        cpu, wall = _children_cpu(), time.perf_counter()
-        if not (root / "rounds" / "result.json").exists():
+    for seed in args.seeds:  # a finished seed is read back: seeds can run as parallel invocations into one folder
+        root, timing = out / f"seed-{seed}", out / f"seed-{seed}.timing.json"
+        if not timing.exists():
+            cpu, wall = _children_cpu(), time.perf_counter()
             cmd = [sys.executable, "recipes/demo.py", "--root", str(root), "--seed", str(seed), *demo_args]
             print(f"$ {' '.join(cmd)}", flush=True)
-            log = (out / f"seed-{seed}.log").open("w")
-            subprocess.run(cmd, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
-        results[seed] = {**seed_summary(root), "cpu_seconds": _children_cpu() - cpu,
-                         "wall_seconds": time.perf_counter() - wall}  # fmt: skip
+            with (out / f"seed-{seed}.log").open("w") as log:
+                subprocess.run(cmd, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)
+            spent = {"cpu_seconds": _children_cpu() - cpu, "wall_seconds": time.perf_counter() - wall}
+            timing.write_text(json.dumps(spent))
+        results[seed] = {**seed_summary(root), **json.loads(timing.read_text())}
         print(table({seed: results[seed]}).splitlines()[-1], flush=True)
     report = table(results)
     print("\n" + report)
