@@ -7,7 +7,8 @@ each seed is another run of the whole pipeline. Per seed: the reward model's hel
 correctness per round with its Wilson 95% interval, the round the loop kept, the health warnings and alarms, and the
 stages' CPU time. The verdict per seed: the kept round's correctness is above round 0's interval (and round 0's below
 the kept round's), and no round tripped the MPO health guard. Writes `results.json` in `output_dir`; extra flags after
-`--` go to every demo run (e.g. `-- --n_eval 64`).
+`--` go to every demo run (e.g. `-- --n_eval 64`). With `--reuse_models_from` an earlier run's stages 1, 3 and 4 (the
+tiny policy, the reward model, the warm start) are reused per seed and only the toy data and the loop run again.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", required=True, help="One demo root per seed (seed-N) and results.json.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds (at least 3 for the claim).")
+    parser.add_argument("--reuse_models_from", help="A folder of an earlier run of this benchmark (seed-N inside): each "
+                        "seed's demo reuses that seed's tiny policy, reward model and warm start (demo.py's flag).")  # fmt: skip
     args, demo_args = parser.parse_known_args()
     demo_args = [a for a in demo_args if a != "--"]
     out = Path(args.output_dir)
@@ -87,6 +90,8 @@ def main() -> None:
         if not timing.exists():
             cpu, wall = _children_cpu(), time.perf_counter()
             cmd = [sys.executable, "recipes/demo.py", "--root", str(root), "--seed", str(seed), *demo_args]
+            if args.reuse_models_from:
+                cmd += ["--reuse_models_from", str(Path(args.reuse_models_from) / f"seed-{seed}")]
             print(f"$ {' '.join(cmd)}", flush=True)
             with (out / f"seed-{seed}.log").open("w") as log:
                 subprocess.run(cmd, cwd=REPO, check=True, stdout=log, stderr=subprocess.STDOUT)

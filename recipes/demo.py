@@ -2,6 +2,7 @@
 
     python recipes/demo.py                 # what `make demo` runs; everything goes under outputs/demo
     python recipes/demo.py --root outputs/demo2 --n_train 256 --warm_start_steps 20 --rounds 2 --mpo_steps 20
+    python recipes/demo.py --root outputs/demo3 --reuse_models_from outputs/demo --mpo_steps 10   # only data + loop
 
 The paper's loop on the toy task (coloured shapes; "What color is the shape?"):
 
@@ -41,12 +42,20 @@ REPO = Path(__file__).resolve().parents[1]
 class DemoConfig:
     root: str = field(default="outputs/demo", metadata={"help": "Folder for every stage's output (must be new)."})
     n_train: int = field(default=1024, metadata={"help": "Toy training examples (colour questions; as many sums)."})
-    n_eval: int = field(default=64, metadata={"help": "Toy held-out examples per question kind."})
+    n_eval: int = field(
+        default=256,
+        metadata={"help": "Toy held-out examples per question kind (256: a 95% interval of about +/-0.06 on a rate)."},
+    )
     warm_start_steps: int = field(default=40, metadata={"help": "MPO steps on ground-truth pairs (round 0)."})
     rounds: int = field(default=3, metadata={"help": "Rounds of the iterative loop (recipes/mpo_rounds.py)."})
     prompts_per_round: int = field(default=128, metadata={"help": "Fresh training prompts sampled per round."})
     mpo_steps: int = field(default=20, metadata={"help": "MPO steps per round of the loop."})
     selection: str = field(default="hybrid", metadata={"help": "Pair selection of the loop: 'hybrid' or 'reward'."})
+    reuse_models_from: str | None = field(
+        default=None,
+        metadata={"help": "An earlier demo's root with the same seed, n_train and warm_start_steps: its tiny policy, "
+                  "reward model and warm start are linked, not trained again (to rerun only the toy data and the loop)."},
+    )  # fmt: skip
     seed: int = field(
         default=0, metadata={"help": "Seed of every stage: the random policy, toy data, training, sampling."}
     )
@@ -82,6 +91,20 @@ def _rounds_config(root: Path, cfg: DemoConfig) -> Path:
     return path
 
 
+def _gain(root: Path, result: dict) -> str:
+    """Held-out correctness of round 0 and of the kept round, each with its Wilson 95% interval, and whether the
+    kept round's is beyond round 0's interval (the claim the demo makes)."""
+    first = json.loads((root / "rounds" / "round-00" / "round.json").read_text())["eval"]
+    kept = result["eval"]
+    (lo0, hi0), (lo, hi) = first["accuracy_interval"], kept["accuracy_interval"]
+    beyond = kept["accuracy"] > hi0 and first["accuracy"] < lo
+    return (
+        f"held-out correct, round 0 -> kept round: {first['accuracy']:.3f} [{lo0:.3f}, {hi0:.3f}] -> "
+        f"{kept['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] (95% intervals, {kept['judged']} prompts): "
+        + ("a gain beyond both intervals" if beyond else "no gain beyond the intervals")
+    )
+
+
 def _summary(root: Path, reward_model: Path) -> str:
     stage = json.loads((reward_model / "stage_summary.json").read_text())["metrics"]
     result = json.loads((root / "rounds" / "result.json").read_text())
@@ -90,11 +113,26 @@ def _summary(root: Path, reward_model: Path) -> str:
     lines = [f"reward model, held-out pairwise accuracy: {stage['eval_accuracy']:.3f} (chance 0.5)",
              "", "iterative MPO (rounds/report.md; round 0 = the warm-started policy):", table, "",
              f"kept: round {result['best_round']}" + (f" (stopped: {result['stopped']['reason']})"
-                                                     if result["stopped"] else "")]  # fmt: skip
+                                                     if result["stopped"] else ""), _gain(root, result)]  # fmt: skip
     for line in report.splitlines():
         if re.match(r"- round \d+: ", line):
             lines.append(line)
     return "\n".join(lines)
+
+
+def _reuse(cfg: DemoConfig, root: Path) -> list[str]:
+    """Link the earlier demo's stages 1, 3 and 4 into `root` after checking they are what this run would make;
+    return the names of the stages that are not run."""
+    src = Path(cfg.reuse_models_from).resolve()
+    toy = json.loads((src / "toy" / "run_meta.json").read_text())["MakeToyDataConfig"]
+    warm = json.loads((src / "mpo-round0" / "run_meta.json").read_text())["MPOConfig"]
+    found = {"seed": toy["seed"], "n_train": toy["n_train"], "warm_start_steps": warm["max_steps"]}
+    wanted = {"seed": cfg.seed, "n_train": cfg.n_train, "warm_start_steps": cfg.warm_start_steps}
+    if found != wanted:
+        raise SystemExit(f"--reuse_models_from {src}: made with {found}, this run has {wanted}")
+    for name in ("tiny-vlm", "reward", "mpo-round0"):
+        (root / name).symlink_to(src / name, target_is_directory=True)
+    return ["1.", "3.", "4."]
 
 
 def main(cfg: DemoConfig) -> None:
@@ -132,7 +170,10 @@ def main(cfg: DemoConfig) -> None:
             str(toy / "prompts_train"), "--eval_prompts", str(toy / "prompts_eval"), "--output_dir",
             str(root / "rounds")]),
     ]  # fmt: skip
-    timings = {name: _run(name, cmd) for name, cmd in steps}
+    reused = _reuse(cfg, root) if cfg.reuse_models_from else []
+    if reused:
+        print(f"stages {', '.join(reused)} reused from {cfg.reuse_models_from}")
+    timings = {name: _run(name, cmd) for name, cmd in steps if name.split()[0] not in reused}
     print("\n=== demo finished\n")
     for name, seconds in timings.items():
         print(f"{seconds:7.1f} s  {name}")

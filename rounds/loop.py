@@ -33,6 +33,7 @@ from pathlib import Path
 import datasets
 import torch
 
+from common.checkpoints import last_complete_checkpoint
 from common.cli import parse_configs
 from common.correctness import correctness
 from common.distributed import free_port
@@ -179,8 +180,9 @@ class Rounds:
             if cfg.report_to == "wandb":  # its own run in the group (WANDB_RUN_GROUP)
                 args += ["--report_to", "wandb", "--run_name", f"{self.group}-round-{r}", "--wandb_project",
                          cfg.wandb_project]  # fmt: skip
-            if list(mpo.glob("checkpoint-*")):  # the MPO job resumes by itself on the same command
-                self.log(f"round {r}: mpo: resuming from the last checkpoint in {mpo}")
+            checkpoint = last_complete_checkpoint(mpo, remove_incomplete=False)
+            if checkpoint:  # the MPO job resumes by itself on the same command, from its last complete checkpoint
+                self.log(f"round {r}: mpo: resuming from the last complete checkpoint, {checkpoint}")
             self._job("recipes/mpo_qwen.py", MPOConfig, train_mpo, args)
         return mpo
 
