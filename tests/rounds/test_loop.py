@@ -101,7 +101,8 @@ def test_an_unhealthy_round_is_not_the_next_start_under_rollback(rounds_args, tm
     assert r2["start_round"] == 0 and r2["start_policy"] == initial  # not round 1's policy
     assert _meta(out / "round-02" / "build", "BuildPairsConfig", "policy_name_or_path") == initial  # sampled from it
     assert _meta(out / "round-02" / "mpo", "MPOConfig", "model_name_or_path") == initial  # trained from it
-    assert result["best_round"] in (0, 2) and result["unhealthy_rounds"] == [1]  # never the unhealthy round
+    unhealthy = result["unhealthy_rounds"]  # round 2 of this random tiny policy may have warnings of its own
+    assert unhealthy[0] == 1 and result["best_round"] not in unhealthy  # the kept policy is a healthy round's
     assert "round 2: starts from round 0's policy: round 1 is unhealthy" in (out / "rounds.log").read_text()
     report = (out / "report.md").read_text()
     assert "- round 2: started from round 0's policy, not round 1's" in report and "Unhealthy rounds: 1." in report
