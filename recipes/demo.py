@@ -49,7 +49,7 @@ class DemoConfig:
     warm_start_steps: int = field(default=40, metadata={"help": "MPO steps on ground-truth pairs (round 0)."})
     rounds: int = field(default=3, metadata={"help": "Rounds of the iterative loop (recipes/mpo_rounds.py)."})
     prompts_per_round: int = field(default=128, metadata={"help": "Fresh training prompts sampled per round."})
-    mpo_steps: int = field(default=20, metadata={"help": "MPO steps per round of the loop."})
+    mpo_steps: int = field(default=40, metadata={"help": "MPO steps per round of the loop."})
     selection: str = field(default="hybrid", metadata={"help": "Pair selection of the loop: 'hybrid' or 'reward'."})
     reuse_models_from: str | None = field(
         default=None,
