@@ -1,8 +1,8 @@
 """The whole pipeline on the embedded tiny default, offline on a CPU, with the commands a user would type.
 
     python recipes/demo.py                 # what `make demo` runs; everything goes under outputs/demo
-    python recipes/demo.py --root outputs/demo2 --n_train 256 --warm_start_steps 20 --rounds 2 --mpo_steps 20
-    python recipes/demo.py --root outputs/demo3 --reuse_models_from outputs/demo --mpo_steps 10   # only data + loop
+    python recipes/demo.py --root outputs/demo2 --n_train 256 --warm_start_steps 20 --rounds 2 --mpo_epochs 3
+    python recipes/demo.py --root outputs/demo3 --reuse_models_from outputs/demo --mpo_epochs 3   # only data + loop
 
 The paper's loop on the toy task (coloured shapes; "What color is the shape?"):
 
@@ -49,7 +49,9 @@ class DemoConfig:
     warm_start_steps: int = field(default=40, metadata={"help": "MPO steps on ground-truth pairs (round 0)."})
     rounds: int = field(default=3, metadata={"help": "Rounds of the iterative loop (recipes/mpo_rounds.py)."})
     prompts_per_round: int = field(default=128, metadata={"help": "Fresh training prompts sampled per round."})
-    mpo_steps: int = field(default=40, metadata={"help": "MPO steps per round of the loop."})
+    mpo_epochs: float = field(
+        default=5.0, metadata={"help": "MPO epochs over each round's pairs (steps follow the round's pair count)."}
+    )
     selection: str = field(default="hybrid", metadata={"help": "Pair selection of the loop: 'hybrid' or 'reward'."})
     reuse_models_from: str | None = field(
         default=None,
@@ -81,8 +83,8 @@ def _run(name: str, cmd: list[str]) -> float:
 def _rounds_config(root: Path, cfg: DemoConfig) -> Path:
     """recipes/configs/mpo_rounds_tiny.yaml with the demo's sizes (list-valued flags do not pass on a command line)."""
     rounds = yaml.safe_load((REPO / "recipes/configs/mpo_rounds_tiny.yaml").read_text())
-    steps = rounds["mpo_args"].index("--max_steps") + 1
-    rounds["mpo_args"][steps] = str(cfg.mpo_steps)
+    epochs = rounds["mpo_args"].index("--num_train_epochs") + 1
+    rounds["mpo_args"][epochs] = str(cfg.mpo_epochs)
     rounds.update(
         num_rounds=cfg.rounds, prompts_per_round=cfg.prompts_per_round, selection=cfg.selection, seed=cfg.seed
     )

@@ -14,7 +14,7 @@ from tests.launch import REPO, cpu_env
 def test_demo_runs_every_stage(tmp_path):
     root = tmp_path / "demo"
     args = ["--root", root, "--n_train", 32, "--n_eval", 8, "--warm_start_steps", 3, "--rounds", 2,
-            "--prompts_per_round", 8, "--mpo_steps", 3, "--selection", "reward"]  # fmt: skip
+            "--prompts_per_round", 8, "--mpo_epochs", 1, "--selection", "reward"]  # fmt: skip
     proc = subprocess.run([sys.executable, "recipes/demo.py", *map(str, args)], cwd=REPO, env=cpu_env(1),
                           capture_output=True, text=True, timeout=3600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
