@@ -245,8 +245,8 @@ class Rounds:
         prompts = self._prompts(r, pool)
         pairs = self._pairs(r, prompts, policy)
         stats = self._pair_stats(pairs.parent, prompts)
-        self.log(f"round {r}: {stats['pairs']} pairs, chosen correct {stats['chosen_correct']}, rejected correct "
-                 f"{stats['rejected_correct']}, reward-length correlation {stats['length_bias']}")  # fmt: skip
+        self.log(f"round {r}: {stats['pairs']} pairs, chosen correct {stats.get('chosen_correct')}, rejected correct "
+                 f"{stats.get('rejected_correct')}, reward-length correlation {stats['length_bias']}")  # fmt: skip
         rec = {"round": r, "start_round": start, "start_policy": policy, "stats": stats}
         if not stats["pairs"]:
             return {**rec, "policy": policy, "eval": prev["eval"], "stop": {"reason": "no pairs", "round": r}}
