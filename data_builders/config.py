@@ -93,7 +93,10 @@ class BuildPairsConfig:
         """Check every field at once; raise one ValueError listing all problems and their fixes."""
         problems = [] if self.prompts else ["prompts is required (--prompts ...)"]
         problems += model_path_problems(self.policy_name_or_path, "policy_name_or_path")
-        if not self.reward_url:  # with reward_url a reward server scores: no local model is read
+        if self.reward_url and self.reward_model_name_or_path:
+            problems.append("reward_model_name_or_path and reward_url: give one (the samples are scored by a local "
+                            "reward model or by servers)")  # fmt: skip
+        elif not self.reward_url:  # with reward_url a reward server scores: no local model is read
             problems += model_path_problems(self.reward_model_name_or_path, "reward_model_name_or_path")
         problems += output_dir_problems(self.output_dir)
         choices = {"prompt_format": FORMATS, "rule": RULES, "backend": ("hf", "vllm"), "on_bad_record": ("raise", "skip"),

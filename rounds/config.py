@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -11,6 +12,13 @@ from policy_eval.rounds_hook import config_problems
 PROMPT_SCHEDULES = ("fresh", "same")
 REFERENCES = ("round_start", "initial")
 SELECTIONS = ("reward", "hybrid")
+ON_UNHEALTHY = ("continue", "rollback", "stop")
+
+
+def split_flag_words(args: list[str]) -> list[str]:
+    """`['--max_steps 40 --learning_rate 1e-4']` (one command-line word: argparse takes a word that starts with `-`
+    and holds a space as a value) as `['--max_steps', '40', '--learning_rate', '1e-4']`; YAML lists pass unchanged."""
+    return [w for a in args for w in (shlex.split(a) if a.startswith("-") and any(c.isspace() for c in a) else [a])]
 
 
 @dataclass
@@ -41,9 +49,15 @@ class RoundsConfig:
     build_pairs_config: str = field(default=None, metadata={"help": "YAML of recipes/build_pairs.py (sampling)."})
     mpo_config: str = field(default=None, metadata={"help": "YAML of recipes/mpo_qwen.py (the MPO stage)."})
     build_pairs_args: list[str] = field(
-        default_factory=list, metadata={"help": "Extra build_pairs flags, e.g. ['--temperature', '0.5']."}
+        default_factory=list,
+        metadata={
+            "help": "Extra build_pairs flags: YAML [--temperature, '0.5'] or --build_pairs_args '--temperature 0.5'."
+        },
     )
-    mpo_args: list[str] = field(default_factory=list, metadata={"help": "Extra MPO flags, e.g. ['--max_steps', '40']."})
+    mpo_args: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Extra MPO flags: YAML [--max_steps, '40'] or --mpo_args '--max_steps 40 --beta 0.2'."},
+    )
     # > the loop
     num_rounds: int = field(default=3, metadata={"help": "Rounds of sample -> score -> pair -> MPO."})
     prompts_per_round: int | None = field(
@@ -78,7 +92,11 @@ class RoundsConfig:
     health_max_degenerate: float = field(
         default=0.2, metadata={"help": "Warn when the held-out degenerate-output rate exceeds this."}
     )
-    stop_on_health: bool = field(default=False, metadata={"help": "Stop the loop on an MPO health warning too."})
+    on_unhealthy: str = field(
+        default="rollback",
+        metadata={"help": "A round with a health warning: 'rollback' (the next round starts from the best healthy "
+                  "round so far; the kept policy is a healthy one), 'stop' (end the loop there), 'continue' (warn)."},
+    )  # fmt: skip
     # > evaluation
     eval_max_new_tokens: int = field(default=64, metadata={"help": "Greedy answer length on held-out prompts."})
     eval_batch_size: int = field(default=8, metadata={"help": "Held-out prompts per generate / score batch."})
@@ -112,6 +130,10 @@ class RoundsConfig:
         default=False, metadata={"help": "Delete an output_dir holding another run (or anything else) and start over."}
     )
 
+    def __post_init__(self):
+        self.build_pairs_args = split_flag_words(self.build_pairs_args)
+        self.mpo_args = split_flag_words(self.mpo_args)
+
     def validate(self) -> None:
         """Check every field at once; raise one ValueError listing all problems."""
         problems = [f"{name} is required (--{name} ...)" for name in ("prompts", "eval_prompts", "build_pairs_config",
@@ -119,13 +141,16 @@ class RoundsConfig:
         problems += model_path_problems(self.policy_name_or_path, "policy_name_or_path")
         if not self.reward_model_name_or_path and not self.reward_url:
             problems.append("reward_model_name_or_path or reward_url is required (the reward model that ranks samples)")
-        elif not self.reward_url:  # with reward_url a reward server scores: no local reward model is read
+        elif self.reward_url and self.reward_model_name_or_path:
+            problems.append("reward_model_name_or_path and reward_url: give one (the samples are scored by a local "
+                            "reward model or by servers)")  # fmt: skip
+        elif not self.reward_url:
             problems += model_path_problems(self.reward_model_name_or_path, "reward_model_name_or_path")
         problems += model_path_problems(self.heldout_reward_model_name_or_path, "heldout_reward_model_name_or_path",
                                         required=False)  # fmt: skip
         problems += output_dir_problems(self.output_dir)
         choices = {"prompt_schedule": PROMPT_SCHEDULES, "reference": REFERENCES, "selection": SELECTIONS,
-                   "report_to": ("none", "wandb")}  # fmt: skip
+                   "on_unhealthy": ON_UNHEALTHY, "report_to": ("none", "wandb")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r}: choose one of {allowed}")

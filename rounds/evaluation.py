@@ -1,6 +1,6 @@
 """Held-out evaluation of one round's policy: greedy answers to held-out prompts, judged and scored.
 
-Metrics (`evaluate_round`): `accuracy` (where prompts carry `answer`, judged by `common.correctness`, as pair
+Metrics (`evaluate_round`): `accuracy` with its Wilson 95% `accuracy_interval` (where prompts carry `answer`, judged by `common.correctness`, as pair
 selection and the MPO evaluation hook judge), the reward of the answers under the training reward model
 (`reward_mean`, `reward_std`) and, when given, a second held-out reward model (`heldout_reward_mean`), the answer
 length in tokens (`length_mean`), and the rate of degenerate answers (`degenerate_rate`, with the share of each kind:
@@ -20,6 +20,7 @@ from common.correctness import correctness, judge_for
 from common.processor import load_processor
 from common.scoring import Scorer, ScoringGroup
 from mpo.evaluate import generate_answers
+from rounds.guards import wilson_interval
 
 
 def degenerate_kind(text: str, num_tokens: int, max_new_tokens: int, ngram: int = 3) -> str | None:
@@ -56,7 +57,9 @@ def answer_metrics(prompts: Sequence[dict], answers: Sequence[str], num_tokens: 
            "degenerate_rate": sum(k is not None for k in kinds) / max(len(kinds), 1),
            "degenerate": {k: kinds.count(k) for k in ("empty", "cut_off", "repeated")}}  # fmt: skip
     if ok:
-        out.update(accuracy=sum(ok) / len(ok), judged=len(ok))
+        out.update(
+            accuracy=sum(ok) / len(ok), judged=len(ok), accuracy_interval=list(wilson_interval(sum(ok), len(ok)))
+        )
     if rewards is not None:
         out["reward_mean"], out["reward_std"] = _mean_std(rewards)
         out["rewards"] = list(rewards)

@@ -5,8 +5,11 @@
 * `best_round`: which round's policy to keep: highest held-out correctness; without ground truth, the held-out
   reward model's mean; without either, the training reward model's mean.
 * `length_bias`: Pearson correlation between reward and response length among a round's sampled candidates.
+* `wilson_interval`: the 95% interval of a held-out rate (correct answers out of judged ones).
 * `mpo_health`: the MPO failure modes users report: a loss near zero from the first steps, reward accuracy saturating
   at 1.0 while the SFT loss rises, and too many degenerate answers on held-out prompts.
+* `correctness_drop`: held-out correctness below the 95% interval of the round's starting policy (a health warning).
+* `start_round`: which round's policy the next round starts from (`on_unhealthy`: 'rollback' skips unhealthy rounds).
 """
 
 from __future__ import annotations
@@ -14,6 +17,17 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial rate (z = 1.96: 95%); (0, 1) when n = 0. Unlike the normal approximation it
+    stays inside [0, 1] and is honest for small n and rates near 0 or 1 (Wilson 1927; Brown, Cai & DasGupta 2001)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def hacking_alarm(prev: Mapping, cur: Mapping, tolerance: float) -> dict | None:
@@ -31,7 +45,8 @@ def hacking_alarm(prev: Mapping, cur: Mapping, tolerance: float) -> dict | None:
 
 
 def best_round(evals: Mapping[int, Mapping]) -> int:
-    """The round (0 = the initial policy) whose held-out metrics are best; the earliest wins a tie."""
+    """The round (0 = the initial policy) whose held-out metrics are best; the earliest wins a tie. To keep only
+    healthy rounds, pass only those (`keepable`)."""
     for key in ("accuracy", "heldout_reward_mean", "reward_mean"):
         if all(key in m for m in evals.values()):
             return max(sorted(evals), key=lambda r: evals[r][key])
@@ -67,3 +82,29 @@ def mpo_health(train_log: Sequence[Mapping], degenerate_rate: float | None, min_
     if degenerate_rate is not None and degenerate_rate > max_degenerate:
         warnings.append(f"degenerate held-out answers: {degenerate_rate:.3f} > {max_degenerate}")
     return warnings
+
+
+def correctness_drop(start: Mapping, cur: Mapping) -> list[str]:
+    """A warning when the round's held-out correctness (`cur`) is below the Wilson 95% interval of its starting
+    policy's (`start`): a fall the held-out set's size cannot explain."""
+    if "accuracy" not in start or "accuracy" not in cur:
+        return []
+    low, _ = wilson_interval(round(start["accuracy"] * start["judged"]), start["judged"])
+    if cur["accuracy"] >= low:
+        return []
+    return [f"held-out correctness fell beyond the starting policy's 95% interval: {cur['accuracy']:.3f} < "
+            f"{low:.3f} (start {start['accuracy']:.3f})"]  # fmt: skip
+
+
+def keepable(records: Mapping[int, Mapping], on_unhealthy: str) -> dict[int, Mapping]:
+    """The rounds' evals a policy may be kept or continued from: without 'continue', only healthy rounds."""
+    return {r: rec["eval"] for r, rec in records.items() if on_unhealthy == "continue" or not rec.get("health")}
+
+
+def start_round(records: Mapping[int, Mapping], on_unhealthy: str) -> int:
+    """The round whose policy the next round starts from: the last one, or under 'rollback' after an unhealthy last
+    round, the best healthy round so far (round 0, the initial policy, is always healthy)."""
+    last = max(records)
+    if on_unhealthy != "rollback" or not records[last].get("health"):
+        return last
+    return best_round(keepable(records, on_unhealthy))

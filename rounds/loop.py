@@ -16,26 +16,24 @@ Layout of `output_dir`::
 Each stage runs an existing job (`data_builders.build.build_pairs`, `mpo.train.train_mpo`) with the flags its recipe
 takes (`recipes/build_pairs.py`, `recipes/mpo_qwen.py`): in this process when `cfg.launcher` is empty (CPU, one
 GPU), else as that recipe under the launcher (e.g. `deepspeed --num_gpus 8`), so a stage gets every GPU and frees its
-memory when it ends. The stage's process gets SIGKILL when the loop dies (`PR_SET_PDEATHSIG`); a launcher passes that
-on to its ranks only if it handles it (stop leftover ranks before rerunning after a kill).
+memory when it ends. A stage under the launcher runs in its own process group, ended with every rank in it when the
+stage returns or the loop gets SIGTERM / SIGINT (`rounds.stage_process`); after a SIGKILL of the loop only the
+launcher gets SIGKILL (`PR_SET_PDEATHSIG`), so stop leftover ranks before rerunning.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
 import shlex
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import datasets
 import torch
 
+from common.checkpoints import last_complete_checkpoint
 from common.cli import parse_configs
 from common.correctness import correctness, judge_for
 from common.distributed import free_port
@@ -54,8 +52,17 @@ from policy_eval.rounds_hook import figures_line, policy_figures
 from reward.model import check_value_head
 from rounds.config import RoundsConfig
 from rounds.evaluation import evaluate_round
-from rounds.guards import best_round, hacking_alarm, length_bias, mpo_health
+from rounds.guards import (
+    best_round,
+    correctness_drop,
+    hacking_alarm,
+    keepable,
+    length_bias,
+    mpo_health,
+    start_round,
+)
 from rounds.report import PLOTS, write_report
+from rounds.stage_process import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 # What the result depends on besides the config's fields: fingerprinted by content (`common.run_folder`).
@@ -65,11 +72,6 @@ INPUTS = ("policy_name_or_path", "reward_model_name_or_path", "heldout_reward_mo
 
 def _without_images(ds: datasets.Dataset) -> datasets.Dataset:
     return ds.remove_columns([c for c in ("images", "prompt") if c in ds.column_names])
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _config_path(path: str) -> str:
@@ -139,7 +141,7 @@ class Rounds:
         if self.cfg.report_to == "wandb":
             env["WANDB_RUN_GROUP"] = self.group
         self.log(f"$ {shlex.join(cmd)}")
-        subprocess.run(cmd, cwd=REPO, env=env, check=True, preexec_fn=_die_with_parent)
+        run_stage(cmd, REPO, env)
 
     @property
     def group(self) -> str:
@@ -185,8 +187,9 @@ class Rounds:
             if cfg.report_to == "wandb":  # its own run in the group (WANDB_RUN_GROUP)
                 args += ["--report_to", "wandb", "--run_name", f"{self.group}-round-{r}", "--wandb_project",
                          cfg.wandb_project]  # fmt: skip
-            if list(mpo.glob("checkpoint-*")):  # the MPO job resumes by itself on the same command
-                self.log(f"round {r}: mpo: resuming from the last checkpoint in {mpo}")
+            checkpoint = last_complete_checkpoint(mpo, remove_incomplete=False)
+            if checkpoint:  # the MPO job resumes by itself on the same command, from its last complete checkpoint
+                self.log(f"round {r}: mpo: resuming from the last complete checkpoint, {checkpoint}")
             self._job("recipes/mpo_qwen.py", MPOConfig, train_mpo, args)
         return mpo
 
@@ -246,24 +249,25 @@ class Rounds:
                 "chosen_correct": rate(judged["chosen"]), "rejected_correct": rate(judged["rejected"]),
                 "chosen_scores": list(pairs["chosen_score"]), "rejected_scores": list(pairs["rejected_score"])}  # fmt: skip
 
-    def _round(self, r: int, pool: datasets.Dataset, eval_prompts: list[dict], prev: dict) -> dict:
-        start, cfg = time.perf_counter(), self.cfg
-        policy = self.record(r - 1)["policy"]
+    def _round(self, r: int, pool: datasets.Dataset, eval_prompts: list[dict], start: int, prev: dict) -> dict:
+        """Round `r`, from round `start`'s policy (`prev`: that round's record)."""
+        t0, cfg = time.perf_counter(), self.cfg
+        policy = prev["policy"]
         self.round_dir(r).mkdir(parents=True, exist_ok=True)
         prompts = self._prompts(r, pool)
         pairs = self._pairs(r, prompts, policy)
         stats = self._pair_stats(pairs.parent, prompts)
-        self.log(f"round {r}: {stats['pairs']} pairs, chosen correct {stats['chosen_correct']}, rejected correct "
-                 f"{stats['rejected_correct']}, reward-length correlation {stats['length_bias']}")  # fmt: skip
-        rec = {"round": r, "start_policy": policy, "stats": stats}
+        self.log(f"round {r}: {stats['pairs']} pairs, chosen correct {stats.get('chosen_correct')}, rejected correct "
+                 f"{stats.get('rejected_correct')}, reward-length correlation {stats['length_bias']}")  # fmt: skip
+        rec = {"round": r, "start_round": start, "start_policy": policy, "stats": stats}
         if not stats["pairs"]:
-            return {**rec, "policy": policy, "eval": prev, "stop": {"reason": "no pairs", "round": r}}
+            return {**rec, "policy": policy, "eval": prev["eval"], "stop": {"reason": "no pairs", "round": r}}
         mpo = self._mpo(r, pairs, policy)
         history = json.loads((mpo / "mpo_history.json").read_text())
         metrics = self._eval(r, str(mpo), eval_prompts)
         health = mpo_health(history["train"], metrics.get("degenerate_rate"), cfg.health_min_first_loss,
-                            cfg.health_max_degenerate)  # fmt: skip
-        alarm = hacking_alarm(prev, metrics, cfg.hacking_tolerance)
+                            cfg.health_max_degenerate) + correctness_drop(prev["eval"], metrics)  # fmt: skip
+        alarm = hacking_alarm(prev["eval"], metrics, cfg.hacking_tolerance)
         for w in health:
             self.log(f"round {r}: MPO health warning: {w}")
         if alarm:
@@ -271,11 +275,11 @@ class Rounds:
         stop = None
         if alarm and cfg.stop_on_hacking:
             stop = {"reason": "reward hacking", "round": r, "evidence": alarm}
-        elif health and cfg.stop_on_health:
+        elif health and cfg.on_unhealthy == "stop":
             stop = {"reason": "MPO health", "round": r, "evidence": health}
         reference = cfg.policy_name_or_path if cfg.reference == "initial" else policy
         return {**rec, "policy": str(mpo), "reference": reference, "mpo": history, "eval": metrics,
-                "alarm": alarm, "health": health, "stop": stop, "seconds": time.perf_counter() - start}  # fmt: skip
+                "alarm": alarm, "health": health, "stop": stop, "seconds": time.perf_counter() - t0}  # fmt: skip
 
     # > the loop
     def run(self) -> dict:
@@ -305,11 +309,15 @@ class Rounds:
                        "eval": self._eval(0, cfg.policy_name_or_path, eval_prompts)}}  # fmt: skip
         stop = None
         for r in range(1, cfg.num_rounds + 1):
+            start = start_round(records, cfg.on_unhealthy)
             rec = self.record(r)
             if rec is not None:
                 self.log(f"round {r}: already done")
             else:
-                rec = self._round(r, pool, eval_prompts, records[r - 1]["eval"])
+                if start != r - 1:
+                    self.log(f"round {r}: starts from round {start}'s policy: round {r - 1} is unhealthy "
+                             "(on_unhealthy: rollback)")  # fmt: skip
+                rec = self._round(r, pool, eval_prompts, start, records[start])
                 write_text_atomic(self.round_dir(r) / "round.json", json.dumps(rec, indent=2))  # marks it done
                 self.log(f"round {r}: done")
             records[r] = rec
@@ -321,9 +329,10 @@ class Rounds:
         return self._finish(records, stop)
 
     def _finish(self, records: dict[int, dict], stop: dict | None) -> dict:
-        best = best_round({r: rec["eval"] for r, rec in records.items()})
+        best = best_round(keepable(records, self.cfg.on_unhealthy))
         result = {"best_round": best, "policy": records[best]["policy"], "rounds_done": max(records),
-                  "stopped": stop, "eval": records[best]["eval"]}  # fmt: skip
+                  "stopped": stop, "eval": records[best]["eval"],
+                  "unhealthy_rounds": [r for r, rec in sorted(records.items()) if rec.get("health")]}  # fmt: skip
         write_text_atomic(self.out / "result.json", json.dumps(result, indent=2))
         write_report(self.out, records, result)
         self.log(f"result: round {best} ({records[best]['policy']})")

@@ -9,6 +9,7 @@ from pathlib import Path
 from common.io import write_text_atomic
 from common.tracking import pyplot, save_figure
 from policy_eval.rounds_hook import report_lines
+from rounds.guards import wilson_interval
 
 LOSSES = ("loss", "loss/dpo", "loss/bco", "loss/sft")
 PLOTS = ("metrics", "pair_rewards", "mpo_losses")
@@ -20,34 +21,48 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _rate(ev: dict) -> str:
+    """Held-out correctness with its Wilson 95% interval, e.g. `0.453 [0.393, 0.514]`."""
+    if "accuracy" not in ev:
+        return "-"
+    low, high = ev.get("accuracy_interval") or wilson_interval(round(ev["accuracy"] * ev["judged"]), ev["judged"])
+    return f"{ev['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def round_table(records: dict[int, dict]) -> str:
     """The per-round markdown table (deterministic: no timings)."""
-    lines = ["| round | pairs | chosen correct | rejected correct | reward-length corr. | held-out correct | "
-             "mean reward | reward std | held-out RM reward | length | degenerate |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| round | from | pairs | chosen correct | rejected correct | reward-length corr. | "
+             "held-out correct [95% CI] | mean reward | reward std | held-out RM reward | length | degenerate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in sorted(records):
         rec, ev = records[r], records[r]["eval"]
         st = rec.get("stats", {})
-        cells = [r, st.get("pairs"), st.get("chosen_correct"), st.get("rejected_correct"), st.get("length_bias"),
-                 ev.get("accuracy"), ev.get("reward_mean"), ev.get("reward_std"), ev.get("heldout_reward_mean"),
-                 ev.get("length_mean"), ev.get("degenerate_rate")]  # fmt: skip
+        cells = [r, rec.get("start_round", r - 1 if r else None), st.get("pairs"), st.get("chosen_correct"),
+                 st.get("rejected_correct"), st.get("length_bias"), _rate(ev), ev.get("reward_mean"),
+                 ev.get("reward_std"), ev.get("heldout_reward_mean"), ev.get("length_mean"),
+                 ev.get("degenerate_rate")]  # fmt: skip
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
 def write_report(out: Path, records: dict[int, dict], result: dict | None = None) -> None:
-    lines = ["# Rounds report", "", "Round 0 is the initial policy. Held-out figures are greedy answers to the "
-             "held-out prompts; pair figures are this round's reward-ranked pairs.", "", round_table(records), ""]  # fmt: skip
+    lines = ["# Rounds report", "", "Round 0 is the initial policy; `from` is the round whose policy a round started "
+             "from. Held-out figures are greedy answers to the held-out prompts (correctness with its Wilson 95% "
+             "interval); pair figures are this round's reward-ranked pairs.", "", round_table(records), ""]  # fmt: skip
     for r in sorted(records):
         rec = records[r]
         for w in rec.get("health") or []:
             lines.append(f"- round {r}: MPO health warning: {w}")
         if rec.get("alarm"):
             lines.append(f"- round {r}: **reward-hacking alarm**: {rec['alarm']}")
+        if r > 1 and rec.get("start_round", r - 1) != r - 1:
+            lines.append(f"- round {r}: started from round {rec['start_round']}'s policy, not round {r - 1}'s "
+                         "(unhealthy; on_unhealthy: rollback)")  # fmt: skip
     if result is not None:
-        stop = result["stopped"]
+        stop, unhealthy = result["stopped"], result.get("unhealthy_rounds")
         lines += ["", f"Result: round {result['best_round']}'s policy, `{result['policy']}`"
-                  + (f" (the loop stopped after round {stop['round']}: {stop['reason']})." if stop else ".")]  # fmt: skip
+                  + (f" (the loop stopped after round {stop['round']}: {stop['reason']})." if stop else ".")
+                  + (f" Unhealthy rounds: {', '.join(map(str, unhealthy))}." if unhealthy else "")]  # fmt: skip
     lines += ["", *report_lines(records)]
     lines += ["![metrics](rounds_metrics.png)", "![pair rewards](rounds_pair_rewards.png)",
               "![MPO losses](rounds_mpo_losses.png)"]  # fmt: skip

@@ -14,7 +14,6 @@ import pytest  # noqa: E402
 from common.tiny_vlm import TinyVLMSpec, save_tiny_vlm  # noqa: E402
 from common.toy_task import ToyTaskConfig, write_toy_task  # noqa: E402
 
-
 LONG_MARKS = ("faults", "deepspeed")  # the multi-process runs of 30-100 s each
 
 
