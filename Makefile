@@ -29,10 +29,9 @@ demo: install
 	$(BIN)/python recipes/demo.py --root outputs/demo
 
 # Two workers, one CPU thread each (more threads oversubscribe 2 cores); the long multi-process tests start first
-# (tests/conftest.py). Tests marked `serial` measure time or load and run alone afterwards (exit 5: none selected).
+# (tests/conftest.py).
 test: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not serial" tests
-	$(BIN)/python -m pytest -q -m serial tests || test $$? -eq 5
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 lint: install
 	$(BIN)/ruff check .
