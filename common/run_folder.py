@@ -136,22 +136,23 @@ def _is_training_arguments(cls: type) -> bool:
 
 def not_affecting_results(cfg: Any) -> set[str]:
     """The fields of `cfg` declared as not changing its job's results (see the module docstring)."""
-    names: set[str] = set()
-    for cls in type(cfg).__mro__:
-        names.update(cls.__dict__.get("NOT_AFFECTING_RESULTS", ()))
-        if _is_training_arguments(cls):
-            names.update(TRAINING_ARGUMENTS_NOT_AFFECTING_RESULTS)
-    return names
+    return _declared(cfg, "NOT_AFFECTING_RESULTS", TRAINING_ARGUMENTS_NOT_AFFECTING_RESULTS)
 
 
 def may_grow(cfg: Any) -> set[str]:
     """The training-length fields of `cfg` that may grow between reruns: `TRAINING_LENGTH_FIELDS` for a
     `TrainingArguments`, plus each class's `MAY_GROW` (paths into nested values: `stages.*.max_steps`)."""
+    return _declared(cfg, "MAY_GROW", TRAINING_LENGTH_FIELDS)
+
+
+def _declared(cfg: Any, attribute: str, training_arguments_names) -> set[str]:
+    """The names every class of `cfg`'s MRO declares in `attribute`, plus `training_arguments_names` when one of them
+    is transformers' `TrainingArguments`."""
     names: set[str] = set()
     for cls in type(cfg).__mro__:
-        names.update(cls.__dict__.get("MAY_GROW", ()))
+        names.update(cls.__dict__.get(attribute, ()))
         if _is_training_arguments(cls):
-            names.update(TRAINING_LENGTH_FIELDS)
+            names.update(training_arguments_names)
     return names
 
 
